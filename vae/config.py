@@ -1,0 +1,177 @@
+"""The typed config schema, registered in Hydra's ConfigStore.
+
+Hydra checks types, unknown keys and unknown group options while composing; the range and
+cross-field checks live in ``__post_init__`` and run in :func:`validate`, before any work starts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vae.errors import ConfigError
+
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu", "softplus", "leaky_relu")
+BINARIZE = ("auto", "none", "static", "dynamic")
+KL_FORMS = ("mc", "analytic")
+VARIANCES = ("learned", "fixed")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {allowed}.")
+
+
+def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:
+    _check(value in options, key, value, "choose one of " + ", ".join(options))
+
+
+@dataclass
+class DatasetConfig:
+    """Fields every data set has; the options below add their own."""
+
+    name: str = MISSING
+    val_size: int = 10000
+
+    def __post_init__(self) -> None:
+        _check(self.val_size > 0, "dataset.val_size", self.val_size, "must be a positive integer")
+
+
+@dataclass
+class MoonsConfig(DatasetConfig):
+    name: str = "moons"
+    n_samples: int = 10000
+    noise: float = 0.1
+    seed: int = 0
+    val_size: int = 1000
+    test_size: int = 1000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.noise >= 0, "dataset.noise", self.noise, "must be >= 0")
+        _check(self.test_size > 0, "dataset.test_size", self.test_size, "must be a positive integer")
+        _check(
+            self.n_samples > self.val_size + self.test_size,
+            "dataset.n_samples",
+            self.n_samples,
+            f"must exceed val_size + test_size = {self.val_size + self.test_size}",
+        )
+
+
+@dataclass
+class ImageDatasetConfig(DatasetConfig):
+    """The MNIST family: four IDX files in ``root``, fetched from the public mirrors when missing."""
+
+    name: str = "mnist"
+    root: str = "data/mnist"
+    download: bool = True
+    binarize: str = "auto"
+    binarize_seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice("dataset.binarize", self.binarize, BINARIZE)
+
+
+@dataclass
+class LikelihoodConfig:
+    name: str = MISSING
+
+
+@dataclass
+class BernoulliConfig(LikelihoodConfig):
+    name: str = "bernoulli"
+
+
+@dataclass
+class GaussianConfig(LikelihoodConfig):
+    """Per-dimension Gaussian p(x|z); its variance is learned (floored at ``min_std``²) or fixed."""
+
+    name: str = "gaussian"
+    variance: str = "learned"
+    min_std: float = 0.01
+    fixed_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        _choice("likelihood.variance", self.variance, VARIANCES)
+        _check(self.min_std > 0, "likelihood.min_std", self.min_std, "must be > 0")
+        _check(self.fixed_std > 0, "likelihood.fixed_std", self.fixed_std, "must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    dataset: DatasetConfig = MISSING
+    likelihood: LikelihoodConfig = MISSING
+    z_dim: int = 10
+    hidden_dims: list[int] = field(default_factory=lambda: [400])
+    activation: str = "relu"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    n_samples: int = 1
+    kl: str = "mc"
+    eval_batch_size: int = 1000
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.z_dim > 0, "z_dim", self.z_dim, "must be a positive integer")
+        _check(
+            len(self.hidden_dims) > 0 and all(h > 0 for h in self.hidden_dims),
+            "hidden_dims",
+            list(self.hidden_dims),
+            "give one or more positive layer sizes, e.g. hidden_dims=[400] or hidden_dims=[512,256]",
+        )
+        _choice("activation", self.activation, ACTIVATIONS)
+        _check(self.epochs > 0, "epochs", self.epochs, "must be a positive integer")
+        _check(self.batch_size > 0, "batch_size", self.batch_size, "must be a positive integer")
+        _check(
+            self.eval_batch_size > 0, "eval_batch_size", self.eval_batch_size, "must be a positive integer"
+        )
+        _check(self.lr > 0, "lr", self.lr, "must be > 0")
+        _check(self.n_samples > 0, "n_samples", self.n_samples, "must be a positive integer")
+        _choice("kl", self.kl, KL_FORMS)
+        _check(bool(_DEVICE.match(self.device)), "device", self.device, "choose auto, cpu, cuda or cuda:N")
+        if self.likelihood.name == "bernoulli" and self.dataset.name == "moons":
+            raise ConfigError(
+                "likelihood=bernoulli is invalid for dataset=moons: the moons are real-valued points, "
+                "not binary data; use likelihood=gaussian."
+            )
+
+
+def register_configs() -> None:
+    """Store the schemas so that each option's YAML can name its schema in its defaults list."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="schema/dataset", name="moons", node=MoonsConfig)
+    cs.store(group="schema/dataset", name="image", node=ImageDatasetConfig)
+    cs.store(group="schema/likelihood", name="bernoulli", node=BernoulliConfig)
+    cs.store(group="schema/likelihood", name="gaussian", node=GaussianConfig)
+
+
+def validate(cfg: DictConfig) -> TrainConfig:
+    """Run every range and cross-field check; raise ConfigError with a one-line message."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def binarize_mode(cfg: TrainConfig) -> str:
+    """The binarisation actually used: ``auto`` means dynamic for Bernoulli, none otherwise."""
+    mode = getattr(cfg.dataset, "binarize", "none")
+    if mode == "auto":
+        return "dynamic" if cfg.likelihood.name == "bernoulli" else "none"
+    return mode

@@ -1,0 +1,1 @@
+"""Data sets: two moons, the MNIST family (IDX files), in-memory batching."""

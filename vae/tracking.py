@@ -1,0 +1,33 @@
+"""TensorBoard logging: scalars per epoch and one HParams row per run, written by the run's own writer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+
+class Tracker:
+    """Thin wrapper over SummaryWriter writing into the run directory itself."""
+
+    def __init__(self, log_dir: str | os.PathLike) -> None:
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def hparams(self, hparam_dict: Mapping[str, Any], metric_dict: Mapping[str, float]) -> None:
+        """One HParams row in this run (``add_hparams`` would write a second, duplicate run).
+
+        The metrics' values are read from this run's scalars of the same tags: log them with :meth:`scalars`.
+        """
+        clean = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparam_dict.items()}
+        for summary in hparams(clean, dict(metric_dict)):
+            self.writer.file_writer.add_summary(summary)
+
+    def close(self) -> None:
+        self.writer.close()
