@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from vae.cli import user_errors
 from vae.config import register_configs, validate
-from vae.errors import VAEError
 
-log = logging.getLogger("train")
 register_configs()
 
 
@@ -21,18 +17,13 @@ register_configs()
 def main(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    try:
+    with user_errors(multirun):
         config = validate(cfg)
         if multirun:
             config.progress = False
         from vae.train import train  # after validation: a config error costs no heavy import
 
         return train(config, hydra_cfg.runtime.output_dir)
-    except VAEError as e:
-        log.error("%s", e)  # to the console and the run's train.log
-        if multirun:  # let Hydra record this job as failed and go on with the others
-            raise
-        sys.exit(2)
 
 
 if __name__ == "__main__":

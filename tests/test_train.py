@@ -26,6 +26,8 @@ def check_run(run_dir: Path, epochs: int) -> dict:
     assert metrics.keys() >= REQUIRED
     assert metrics["epochs"] == epochs
     assert metrics["test/elbo"] == pytest.approx(metrics["test/log_px"] - metrics["test/kl"])
+    assert metrics["test/nll"] <= -metrics["test/elbo"]
+    assert (run_dir / "eval.json").is_file()
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["epoch"] == epochs and {"model", "optimizer", "config"} <= ckpt.keys()
     scalars = read_scalars(run_dir)
@@ -78,10 +80,10 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     for name in ("a", "b"):
         run_script("train.py", *MOONS, "epochs=2", "seed=3", f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
         metrics = read_metrics(tmp_path / name)
-        results.append(
-            {k: v for k, v in metrics.items() if k not in ("train_seconds", "examples_per_second")}
-        )
+        results.append({k: v for k, v in metrics.items() if not k.endswith(("_seconds", "_per_second"))})
     assert results[0] == results[1]
+    same_figures = [(tmp_path / run / "figures" / "density.png").read_bytes() for run in ("a", "b")]
+    assert same_figures[0] == same_figures[1]
     run_script("train.py", *MOONS, "epochs=2", "seed=4", f"hydra.run.dir={tmp_path / 'c'}", cwd=tmp_path)
     assert read_metrics(tmp_path / "c")["test/elbo"] != results[0]["test/elbo"]
 

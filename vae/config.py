@@ -105,6 +105,37 @@ class GaussianConfig(LikelihoodConfig):
 
 
 @dataclass
+class EvalConfig:
+    """The final scoring: the importance-weighted log-likelihood and the latent diagnostics."""
+
+    iw_samples: int = 5000
+    batch_size: int = 1000
+    max_rows: int = 16384
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.iw_samples > 0, "eval.iw_samples", self.iw_samples, "must be a positive integer")
+        _check(self.batch_size > 0, "eval.batch_size", self.batch_size, "must be a positive integer")
+        _check(self.max_rows > 0, "eval.max_rows", self.max_rows, "must be a positive integer")
+
+
+@dataclass
+class PlotConfig:
+    """Figures written at the end of training and by scripts/plot.py."""
+
+    enabled: bool = True
+    tsne_points: int = 2000
+    embedding_points: int = 1000
+    density_grid: int = 60
+    density_samples: int = 200
+
+    def __post_init__(self) -> None:
+        for key in ("tsne_points", "embedding_points", "density_grid", "density_samples"):
+            value = getattr(self, key)
+            _check(value > 0, f"plot.{key}", value, "must be a positive integer")
+
+
+@dataclass
 class TrainConfig:
     dataset: DatasetConfig = MISSING
     likelihood: LikelihoodConfig = MISSING
@@ -118,8 +149,9 @@ class TrainConfig:
     device: str = "auto"
     n_samples: int = 1
     kl: str = "mc"
-    eval_batch_size: int = 1000
     progress: bool = True
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    plot: PlotConfig = field(default_factory=PlotConfig)
 
     def __post_init__(self) -> None:
         _check(self.z_dim > 0, "z_dim", self.z_dim, "must be a positive integer")
@@ -132,9 +164,6 @@ class TrainConfig:
         _choice("activation", self.activation, ACTIVATIONS)
         _check(self.epochs > 0, "epochs", self.epochs, "must be a positive integer")
         _check(self.batch_size > 0, "batch_size", self.batch_size, "must be a positive integer")
-        _check(
-            self.eval_batch_size > 0, "eval_batch_size", self.eval_batch_size, "must be a positive integer"
-        )
         _check(self.lr > 0, "lr", self.lr, "must be > 0")
         _check(self.n_samples > 0, "n_samples", self.n_samples, "must be a positive integer")
         _choice("kl", self.kl, KL_FORMS)
@@ -146,17 +175,48 @@ class TrainConfig:
             )
 
 
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class EvaluateConfig:
+    """scripts/evaluate.py: score a run (or every run of a sweep) from its checkpoint."""
+
+    run: str = MISSING
+    split: str = "test"
+    device: str = "auto"
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _choice("split", self.split, SPLITS)
+        _check(bool(_DEVICE.match(self.device)), "device", self.device, "choose auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class PlotScriptConfig:
+    """scripts/plot.py: redraw a run's figures (or every run's of a sweep) from its checkpoint."""
+
+    run: str = MISSING
+    device: str = "auto"
+    plot: PlotConfig = field(default_factory=PlotConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(_DEVICE.match(self.device)), "device", self.device, "choose auto, cpu, cuda or cuda:N")
+
+
 def register_configs() -> None:
     """Store the schemas so that each option's YAML can name its schema in its defaults list."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="plot_schema", node=PlotScriptConfig)
     cs.store(group="schema/dataset", name="moons", node=MoonsConfig)
     cs.store(group="schema/dataset", name="image", node=ImageDatasetConfig)
     cs.store(group="schema/likelihood", name="bernoulli", node=BernoulliConfig)
     cs.store(group="schema/likelihood", name="gaussian", node=GaussianConfig)
 
 
-def validate(cfg: DictConfig) -> TrainConfig:
+def validate(cfg: DictConfig) -> Any:
     """Run every range and cross-field check; raise ConfigError with a one-line message."""
     try:
         return OmegaConf.to_object(cfg)
@@ -175,3 +235,26 @@ def binarize_mode(cfg: TrainConfig) -> str:
     if mode == "auto":
         return "dynamic" if cfg.likelihood.name == "bernoulli" else "none"
     return mode
+
+
+_DATASETS = {"moons": MoonsConfig, "mnist": ImageDatasetConfig, "fashion_mnist": ImageDatasetConfig}
+_LIKELIHOODS = {"bernoulli": BernoulliConfig, "gaussian": GaussianConfig}
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Rebuild a validated TrainConfig from a plain dict (a checkpoint's or config.yaml's contents)."""
+    try:
+        dataset = _DATASETS[values["dataset"]["name"]]
+        likelihood = _LIKELIHOODS[values["likelihood"]["name"]]
+    except KeyError as e:
+        raise ConfigError(f"the saved config names no known dataset or likelihood ({e}).") from None
+    schema = OmegaConf.structured(TrainConfig)
+    schema.dataset = OmegaConf.structured(dataset)
+    schema.likelihood = OmegaConf.structured(likelihood)
+    try:
+        merged = OmegaConf.merge(schema, values)
+    except OmegaConfBaseException as e:
+        raise ConfigError(
+            f"the saved config does not fit this version's schema: {str(e).splitlines()[0]}"
+        ) from None
+    return validate(merged)

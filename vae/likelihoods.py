@@ -27,7 +27,7 @@ class Likelihood(nn.Module):
         """E[x|z], shape (..., D)."""
         raise NotImplementedError
 
-    def sample(self, out: torch.Tensor) -> torch.Tensor:
+    def sample(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """x ~ p(x|z), shape (..., D)."""
         raise NotImplementedError
 
@@ -41,8 +41,8 @@ class Bernoulli(Likelihood):
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(out)
 
-    def sample(self, out: torch.Tensor) -> torch.Tensor:
-        return torch.bernoulli(torch.sigmoid(out))
+    def sample(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.bernoulli(torch.sigmoid(out), generator=generator)
 
 
 class Gaussian(Likelihood):
@@ -70,9 +70,10 @@ class Gaussian(Likelihood):
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return self.split(out)[0]
 
-    def sample(self, out: torch.Tensor) -> torch.Tensor:
+    def sample(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         mean, log_var = self.split(out)
-        return mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+        eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
+        return mean + torch.exp(0.5 * log_var) * eps
 
 
 def build_likelihood(name: str, **kwargs) -> Likelihood:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from vae.likelihoods import Likelihood
+from vae.likelihoods import Likelihood, build_likelihood
 from vae.nn import mlp
 from vae.objectives import ElboTerms, elbo_terms
 
@@ -41,9 +43,15 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.decoder = mlp(z_dim, list(reversed(hidden_dims)), likelihood.params_per_dim * x_dim, activation)
 
-    def sample_posterior(self, mean: torch.Tensor, log_var: torch.Tensor, n_samples: int = 1) -> torch.Tensor:
+    def sample_posterior(
+        self,
+        mean: torch.Tensor,
+        log_var: torch.Tensor,
+        n_samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Reparameterised z = mean + eps * std, shape (L, B, Z)."""
-        eps = torch.randn((n_samples, *mean.shape), dtype=mean.dtype, device=mean.device)
+        eps = torch.randn((n_samples, *mean.shape), dtype=mean.dtype, device=mean.device, generator=generator)
         return mean + eps * torch.exp(0.5 * log_var)
 
     def log_px(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -57,8 +65,27 @@ class VAE(nn.Module):
         return elbo_terms(self.log_px(x, z), z, mean, log_var, kl)
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """Decoder means E[x|z] for n draws z ~ N(0, I): (n, D)."""
+    def sample(self, n: int, mean: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws from the model, (n, D): decoder means E[x|z] (``mean``) or x ~ p(x|z), z ~ N(0, I)."""
         device = next(self.parameters()).device
-        z = torch.randn(n, self.z_dim, device=device)
-        return self.likelihood.mean(self.decoder(z))
+        z = torch.randn(n, self.z_dim, device=device, generator=generator)
+        out = self.decoder(z)
+        return self.likelihood.mean(out) if mean else self.likelihood.sample(out, generator)
+
+
+def build_model(cfg, x_dim: int) -> VAE:
+    """The VAE a TrainConfig describes; the likelihood group's keys are the head's arguments."""
+    head_args = {k: v for k, v in dataclasses.asdict(cfg.likelihood).items() if k != "name"}
+    likelihood = build_likelihood(cfg.likelihood.name, **head_args)
+    return VAE(x_dim, cfg.z_dim, list(cfg.hidden_dims), likelihood, cfg.activation)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block, then restore its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

@@ -29,5 +29,13 @@ class Tracker:
         for summary in hparams(clean, dict(metric_dict)):
             self.writer.file_writer.add_summary(summary)
 
+    def figure(self, tag: str, fig: Any, step: int) -> None:
+        """A matplotlib figure as an image (the figure stays open for the caller to save or close)."""
+        self.writer.add_figure(tag, fig, step, close=False)
+
+    def embedding(self, tag: str, mat: Any, labels: list, images: Any | None, step: int) -> None:
+        """Points for the projector tab; ``images`` are NCHW thumbnails or None."""
+        self.writer.add_embedding(mat, metadata=labels, label_img=images, global_step=step, tag=tag)
+
     def close(self) -> None:
         self.writer.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -15,19 +14,19 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from vae.checkpoint import save_checkpoint
+from vae.checkpoint import CHECKPOINT, save_checkpoint
 from vae.config import TrainConfig, binarize_mode
 from vae.data.batches import iterate_batches, num_batches
 from vae.data.datasets import Splits, load_data
 from vae.errors import ConfigError, TrainingError
-from vae.evaluate import elbo_over
+from vae.evaluate import elbo_over, evaluate_and_record, flat_metrics
 from vae.files import atomic_write, write_json
-from vae.likelihoods import build_likelihood
-from vae.model import VAE
+from vae.model import VAE, build_model
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+# Final metrics shown in TensorBoard's HParams tab (read from the run's scalars of the same tags).
+HPARAM_METRICS = ("test/elbo", "test/nll", "test/log_px", "test/kl", "test/active_units", "val/elbo")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,13 +52,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def build_model(cfg: TrainConfig, x_dim: int) -> VAE:
-    """The VAE the config describes; the likelihood group's keys are the head's arguments."""
-    head_args = {k: v for k, v in dataclasses.asdict(cfg.likelihood).items() if k != "name"}
-    likelihood = build_likelihood(cfg.likelihood.name, **head_args)
-    return VAE(x_dim, cfg.z_dim, list(cfg.hidden_dims), likelihood, cfg.activation)
 
 
 def hparams_of(cfg: TrainConfig) -> dict[str, Any]:
@@ -144,7 +136,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
                     f"{', '.join(str(train_stats[k]) for k in bad)}. The last good checkpoint "
                     f"is {out_dir / CHECKPOINT}. Try a smaller lr (now {cfg.lr})."
                 )
-            val_stats = elbo_over(model, data.val, cfg.eval_batch_size, cfg.n_samples, cfg.kl)
+            val_stats = elbo_over(model, data.val, cfg.eval.batch_size, cfg.n_samples, cfg.kl)
             epoch_metrics = {f"train/{k}": v for k, v in train_stats.items()}
             epoch_metrics |= {f"val/{k}": v for k, v in val_stats.items()}
             tracker.scalars(epoch_metrics, epoch)
@@ -166,29 +158,31 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
                 optimizer=opt.state_dict(),
                 epoch=epoch,
                 config=config_dict,
+                x_dim=data.x_dim,
             )
         bar.close()
 
-        test_stats = elbo_over(model, data.test, cfg.eval_batch_size, cfg.n_samples, cfg.kl)
-        metrics |= {f"test/{k}": v for k, v in test_stats.items()}
-        n_train_seen = cfg.epochs * len(data.train)
         metrics |= {
             "epochs": cfg.epochs,
             "train_seconds": train_seconds,
-            "examples_per_second": n_train_seen / train_seconds,
+            "examples_per_second": cfg.epochs * len(data.train) / train_seconds,
         }
-        final = {k: metrics[k] for k in ("test/elbo", "test/log_px", "test/kl", "val/elbo")}
-        tracker.scalars({k: v for k, v in final.items() if k.startswith("test/")}, cfg.epochs)
-        tracker.hparams(hparams_of(cfg), final)
         write_json(out_dir / "metrics.json", metrics)
-        log.info(
-            "test elbo %.3f (log p(x|z) %.3f, kl %.3f) nats per example; %.0f examples/s; results in %s",
-            metrics["test/elbo"],
-            metrics["test/log_px"],
-            metrics["test/kl"],
-            metrics["examples_per_second"],
-            out_dir,
-        )
+        log.info("trained in %.1f s (%.0f examples/s)", train_seconds, metrics["examples_per_second"])
+        state = {
+            "checkpoint": str(out_dir / CHECKPOINT),
+            "epoch": cfg.epochs,
+            "binarize": binarize_mode(cfg),
+            "seed": cfg.seed,
+        }
+        record = evaluate_and_record(model, data.test, cfg.eval, "test", state, out_dir, tracker, cfg.epochs)
+        metrics |= flat_metrics(record)
+        tracker.hparams(hparams_of(cfg), {k: metrics[k] for k in HPARAM_METRICS})
+        if cfg.plot.enabled:
+            from vae.plots import make_figures
+
+            make_figures(model, data, cfg.plot, out_dir / "figures", tracker, cfg.epochs, cfg.seed)
+        log.info("results in %s", out_dir)
     finally:
         bar.close()
         tracker.close()
