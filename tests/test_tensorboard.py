@@ -17,8 +17,8 @@ from conftest import run_script
 from idx_utils import write_mnist_like
 
 IMAGE_FIGURES = {
-    2: {"samples", "reconstructions", "manifold", "latent_scatter", "kl_per_dim"},
-    3: {"samples", "reconstructions", "tsne", "kl_per_dim"},
+    2: {"samples", "reconstructions", "manifold", "latent_scatter", "kl_per_dim", "kl_per_dim_epochs"},
+    3: {"samples", "reconstructions", "tsne", "kl_per_dim", "kl_per_dim_epochs"},
 }
 
 

@@ -19,7 +19,8 @@ from vae.errors import ConfigError
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu", "softplus", "leaky_relu")
 BINARIZE = ("auto", "none", "static", "dynamic")
 KL_FORMS = ("mc", "analytic")
-VARIANCES = ("learned", "fixed")
+VARIANCES = ("learned", "shared", "fixed", "optimal")
+WARMUPS = ("none", "linear", "cyclical")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -91,7 +92,9 @@ class BernoulliConfig(LikelihoodConfig):
 
 @dataclass
 class GaussianConfig(LikelihoodConfig):
-    """Per-dimension Gaussian p(x|z); its variance is learned (floored at ``min_std``²) or fixed."""
+    """Diagonal Gaussian p(x|z). variance: ``learned`` per dimension by the decoder, ``shared`` (one learned
+    parameter), ``fixed`` (fixed_std) or ``optimal`` (the closed-form sigma-VAE optimum, the batch MSE).
+    ``min_std`` floors the learned, shared and optimal standard deviations; 0 leaves them unbounded."""
 
     name: str = "gaussian"
     variance: str = "learned"
@@ -100,8 +103,62 @@ class GaussianConfig(LikelihoodConfig):
 
     def __post_init__(self) -> None:
         _choice("likelihood.variance", self.variance, VARIANCES)
-        _check(self.min_std > 0, "likelihood.min_std", self.min_std, "must be > 0")
+        _check(self.min_std >= 0, "likelihood.min_std", self.min_std, "must be >= 0 (0: no floor)")
         _check(self.fixed_std > 0, "likelihood.fixed_std", self.fixed_std, "must be > 0")
+
+
+@dataclass
+class ContinuousBernoulliConfig(LikelihoodConfig):
+    """The continuous Bernoulli: the normalised likelihood for [0, 1]-valued (grey-level) pixels."""
+
+    name: str = "continuous_bernoulli"
+
+
+@dataclass
+class ObjectiveConfig:
+    """The training objective. ``elbo``: beta * KL, optionally warmed up and with free bits;
+    ``iwae``: the importance-weighted bound with k samples."""
+
+    name: str = "elbo"
+    beta: float = 1.0
+    warmup: str = "none"
+    warmup_epochs: float = 10.0
+    warmup_start: float = 0.0
+    warmup_ratio: float = 0.5
+    free_bits: float = 0.0
+    k: int = 5
+
+    def __post_init__(self) -> None:
+        _choice("objective.name", self.name, ("elbo", "iwae"))
+        _check(self.beta >= 0, "objective.beta", self.beta, "must be >= 0")
+        _choice("objective.warmup", self.warmup, WARMUPS)
+        _check(self.warmup_epochs > 0, "objective.warmup_epochs", self.warmup_epochs, "must be > 0")
+        _check(0 <= self.warmup_start <= 1, "objective.warmup_start", self.warmup_start, "must be in [0, 1]")
+        _check(0 < self.warmup_ratio <= 1, "objective.warmup_ratio", self.warmup_ratio, "must be in (0, 1]")
+        _check(self.free_bits >= 0, "objective.free_bits", self.free_bits, "must be >= 0 nats")
+        _check(self.k > 0, "objective.k", self.k, "must be a positive integer")
+        if self.name == "iwae" and (self.beta != 1 or self.warmup != "none" or self.free_bits > 0):
+            raise ConfigError(
+                "objective=iwae takes no beta, warm-up or free bits (they reshape the ELBO's KL term); "
+                "use objective=elbo for those."
+            )
+
+
+@dataclass
+class EncoderConfig:
+    """Bounds on the encoder's log-variance (null: unbounded), against exploding or vanishing posteriors."""
+
+    min_log_var: float | None = None
+    max_log_var: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_log_var is not None and self.max_log_var is not None:
+            _check(
+                self.min_log_var < self.max_log_var,
+                "encoder.min_log_var",
+                self.min_log_var,
+                f"must be below encoder.max_log_var={self.max_log_var}",
+            )
 
 
 @dataclass
@@ -139,6 +196,8 @@ class PlotConfig:
 class TrainConfig:
     dataset: DatasetConfig = MISSING
     likelihood: LikelihoodConfig = MISSING
+    objective: ObjectiveConfig = MISSING
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     z_dim: int = 10
     hidden_dims: list[int] = field(default_factory=lambda: [400])
     activation: str = "relu"
@@ -149,6 +208,8 @@ class TrainConfig:
     device: str = "auto"
     n_samples: int = 1
     kl: str = "mc"
+    grad_clip: float = 0.0
+    diagnose: bool = True
     progress: bool = True
     eval: EvalConfig = field(default_factory=EvalConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
@@ -167,11 +228,12 @@ class TrainConfig:
         _check(self.lr > 0, "lr", self.lr, "must be > 0")
         _check(self.n_samples > 0, "n_samples", self.n_samples, "must be a positive integer")
         _choice("kl", self.kl, KL_FORMS)
+        _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0: no clipping)")
         _check(bool(_DEVICE.match(self.device)), "device", self.device, "choose auto, cpu, cuda or cuda:N")
-        if self.likelihood.name == "bernoulli" and self.dataset.name == "moons":
+        if self.likelihood.name in ("bernoulli", "continuous_bernoulli") and self.dataset.name == "moons":
             raise ConfigError(
-                "likelihood=bernoulli is invalid for dataset=moons: the moons are real-valued points, "
-                "not binary data; use likelihood=gaussian."
+                f"likelihood={self.likelihood.name} is invalid for dataset=moons: the moons are real-valued "
+                "points outside [0, 1]; use likelihood=gaussian."
             )
 
 
@@ -214,6 +276,8 @@ def register_configs() -> None:
     cs.store(group="schema/dataset", name="image", node=ImageDatasetConfig)
     cs.store(group="schema/likelihood", name="bernoulli", node=BernoulliConfig)
     cs.store(group="schema/likelihood", name="gaussian", node=GaussianConfig)
+    cs.store(group="schema/likelihood", name="continuous_bernoulli", node=ContinuousBernoulliConfig)
+    cs.store(group="schema/objective", name="objective", node=ObjectiveConfig)
 
 
 def validate(cfg: DictConfig) -> Any:
@@ -238,7 +302,11 @@ def binarize_mode(cfg: TrainConfig) -> str:
 
 
 _DATASETS = {"moons": MoonsConfig, "mnist": ImageDatasetConfig, "fashion_mnist": ImageDatasetConfig}
-_LIKELIHOODS = {"bernoulli": BernoulliConfig, "gaussian": GaussianConfig}
+_LIKELIHOODS = {
+    "bernoulli": BernoulliConfig,
+    "gaussian": GaussianConfig,
+    "continuous_bernoulli": ContinuousBernoulliConfig,
+}
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

@@ -34,3 +34,9 @@ def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 def kl_normal_std_normal(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, diag exp(log_var)) || N(0, I)) per dimension, shape (..., D)."""
     return 0.5 * (mean**2 + torch.exp(log_var) - 1.0 - log_var)
+
+
+def log_ratio_normal_std_normal(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, diag exp(log_var)) - log N(z; 0, I) per dimension, shape (..., D): the single-sample
+    Monte-Carlo estimate of each dimension's KL (the log 2 pi terms cancel)."""
+    return 0.5 * (z**2 - (z - mean) ** 2 * torch.exp(-log_var) - log_var)

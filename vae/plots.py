@@ -303,3 +303,26 @@ def _density_figure(ctx: _Context) -> Figure:
     ax.set(xlabel="x_0", ylabel="x_1", aspect="equal")
     ax.set_title(f"Model density p(x) (importance-weighted, K={ctx.plot_cfg.density_samples})")
     return fig
+
+
+def kl_history_figure(run_dir: str | Path, tracker: Tracker | None = None, step: int = 0) -> Path | None:
+    """``figures/kl_per_dim_epochs.png``: each latent dimension's KL over the epochs, from the run's
+    TensorBoard scalars ``diag/kl_per_dim/<u>`` (None when the run logged no diagnostics). It shows when
+    units switch on or off: the signature of warm-up, collapse and surplus dimensions."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = Path(run_dir)
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = [t for t in acc.Tags()["scalars"] if t.startswith("diag/kl_per_dim/")]
+    if not tags:
+        return None
+    fig, (ax,) = _figure(6.0, 3.8)
+    for tag in sorted(tags, key=lambda t: int(t.rsplit("/", 1)[1])):
+        events = acc.Scalars(tag)
+        ax.plot([e.step for e in events], [e.value for e in events], label=f"z_{tag.rsplit('/', 1)[1]}")
+    ax.set(xlabel="epoch", ylabel="KL (nats)", title="Validation KL(q(z_u|x) || N(0, 1)) per dimension")
+    if len(tags) <= 16:
+        ax.legend(fontsize="small", ncols=2)
+    ax.grid(alpha=0.3)
+    return _save(fig, run_dir / "figures" / "kl_per_dim_epochs.png", tracker, step)

@@ -55,13 +55,15 @@ def evaluate_run(run_dir: Path, split: str, eval_cfg: EvalConfig, device: Any) -
 
 def plot_run(run_dir: Path, plot_cfg: PlotConfig, device: Any) -> list[Path]:
     """Redraw a run's figures from its checkpoint into <run>/figures and its TensorBoard run."""
-    from vae.plots import make_figures
+    from vae.plots import kl_history_figure, make_figures
     from vae.tracking import Tracker
 
     cfg, model, state = load_run(run_dir, device)
     data = load_data(cfg.dataset, binarize_mode(cfg)).to(device)
     tracker = Tracker(run_dir)
     try:
-        return make_figures(model, data, plot_cfg, run_dir / "figures", tracker, state["epoch"], cfg.seed)
+        paths = make_figures(model, data, plot_cfg, run_dir / "figures", tracker, state["epoch"], cfg.seed)
+        history = kl_history_figure(run_dir, tracker, state["epoch"])
+        return paths + ([history] if history else [])
     finally:
         tracker.close()

@@ -22,6 +22,8 @@ from vae.errors import ConfigError, TrainingError
 from vae.evaluate import elbo_over, evaluate_and_record, flat_metrics
 from vae.files import atomic_write, write_json
 from vae.model import VAE, build_model
+from vae.monitor import Monitor
+from vae.objectives import kl_per_dim, kl_weight, objective_loss
 
 log = logging.getLogger(__name__)
 
@@ -68,24 +70,75 @@ def hparams_of(cfg: TrainConfig) -> dict[str, Any]:
         "lr": cfg.lr,
         "n_samples": cfg.n_samples,
         "kl": cfg.kl,
+        "objective": cfg.objective.name,
+        "beta": cfg.objective.beta,
+        "warmup": cfg.objective.warmup,
+        "free_bits": cfg.objective.free_bits,
         "seed": cfg.seed,
     }
 
 
+def _grad_norm(params) -> torch.Tensor:
+    """The L2 norm of the parameters' gradients, kept on the device."""
+    norms = [p.grad.norm() for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
 def _train_epoch(
-    model: VAE, opt: torch.optim.Optimizer, data: Splits, cfg: TrainConfig, gen, bar
-) -> torch.Tensor:
-    """One pass over the training set; the summed (elbo, log_px, kl) stay on the device (no per-step sync)."""
-    sums = torch.zeros(3, dtype=torch.float64, device=data.train.device)
-    for x in iterate_batches(data.train, cfg.batch_size, gen, binarize=data.binarize_train):
-        terms = model.elbo(x, cfg.n_samples, cfg.kl)
-        loss = -terms.elbo.mean()
+    model: VAE, opt: torch.optim.Optimizer, data: Splits, cfg: TrainConfig, epoch: int, gen, bar
+) -> dict[str, float]:
+    """One pass over the training set. Per-example sums and per-step gradient norms stay on the device
+    (no per-step host sync) and are read once, at the end."""
+    obj = cfg.objective
+    n_samples = obj.k if obj.name == "iwae" else cfg.n_samples
+    steps = num_batches(len(data.train), cfg.batch_size)
+    decoder_params = [*model.decoder.parameters(), *model.likelihood.parameters()]
+    sums = torch.zeros(6, dtype=torch.float64, device=data.train.device)
+    beta = obj.beta
+    for step, x in enumerate(iterate_batches(data.train, cfg.batch_size, gen, binarize=data.binarize_train)):
+        beta = kl_weight(
+            epoch - 1 + step / steps,
+            obj.beta,
+            obj.warmup,
+            obj.warmup_epochs,
+            obj.warmup_start,
+            obj.warmup_ratio,
+        )
+        log_px, z, mean, log_var = model(x, n_samples)
+        kl_dims = kl_per_dim(z, mean, log_var, cfg.kl)
+        loss = objective_loss(obj.name, log_px, z, mean, log_var, kl_dims, beta, obj.free_bits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        grads = torch.stack([_grad_norm(model.encoder.parameters()), _grad_norm(decoder_params)])
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        sums += torch.stack([t.detach().double().sum() for t in terms])
+        with torch.no_grad():
+            log_px_mean, kl = log_px.mean(0), kl_dims.sum(-1)
+            per_example = torch.stack([(log_px_mean - kl).sum(), log_px_mean.sum(), kl.sum(), loss * len(x)])
+            sums += torch.cat([per_example.double(), grads.double()])
         bar.update(1)
-    return sums
+    values = sums.tolist()
+    n = len(data.train)
+    return {
+        "train/elbo": values[0] / n,
+        "train/log_px": values[1] / n,
+        "train/kl": values[2] / n,
+        "train/loss": values[3] / n,
+        "train/kl_weight": beta,
+        "diag/grad_norm_encoder": values[4] / steps,
+        "diag/grad_norm_decoder": values[5] / steps,
+    }
+
+
+def _diag_summary(m: dict[str, float], cfg: TrainConfig) -> str:
+    """The epoch line's diagnostics: the KL weight when it is not 1, active units, I(x;z), decoder sigma."""
+    parts = [f"kl weight {m['train/kl_weight']:.3g}"] if m["train/kl_weight"] != 1 else []
+    if "diag/active_units" in m:
+        parts.append(f"active {int(m['diag/active_units'])}/{cfg.z_dim}, I(x;z) {m['diag/mi']:.2f}")
+    if "diag/decoder_std_median" in m:
+        parts.append(f"sigma min {m['diag/decoder_std_min']:.2g} median {m['diag/decoder_std_median']:.2g}")
+    return "  " + ", ".join(parts) if parts else ""
 
 
 def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -122,36 +175,44 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     bar = tqdm(total=cfg.epochs * steps_per_epoch, disable=not show, unit="step", dynamic_ncols=True)
     metrics: dict[str, Any] = {}
     train_seconds = 0.0
+    monitor = Monitor(data.val, cfg.likelihood.name, cfg.seed) if cfg.diagnose else None
+    if monitor:
+        monitor.check_data(data.train, data.binarize_train)
     try:
         for epoch in range(1, cfg.epochs + 1):
             bar.set_description(f"epoch {epoch}/{cfg.epochs}")
             start = time.perf_counter()
-            sums = _train_epoch(model, opt, data, cfg, gen, bar)
-            train_stats = dict(zip(("elbo", "log_px", "kl"), (sums / len(data.train)).tolist(), strict=True))
+            epoch_metrics = _train_epoch(model, opt, data, cfg, epoch, gen, bar)
             train_seconds += time.perf_counter() - start
-            bad = [k for k in ("log_px", "kl") if not math.isfinite(train_stats[k])]
+            bad = [k for k in ("train/log_px", "train/kl") if not math.isfinite(epoch_metrics[k])]
             if bad:
                 raise TrainingError(
-                    f"non-finite loss in epoch {epoch}: {' and '.join(bad)} became "
-                    f"{', '.join(str(train_stats[k]) for k in bad)}. The last good checkpoint "
-                    f"is {out_dir / CHECKPOINT}. Try a smaller lr (now {cfg.lr})."
+                    f"non-finite loss in epoch {epoch}: "
+                    + " and ".join(f"{k.split('/')[1]} became {epoch_metrics[k]}" for k in bad)
+                    + f". The last good checkpoint is {out_dir / CHECKPOINT}. Try a smaller lr (now {cfg.lr})"
+                    + (" or gradient clipping (grad_clip=10)." if cfg.grad_clip == 0 else ".")
                 )
             val_stats = elbo_over(model, data.val, cfg.eval.batch_size, cfg.n_samples, cfg.kl)
-            epoch_metrics = {f"train/{k}": v for k, v in train_stats.items()}
             epoch_metrics |= {f"val/{k}": v for k, v in val_stats.items()}
+            if monitor:
+                warming_up = epoch_metrics["train/kl_weight"] < cfg.objective.beta
+                epoch_metrics |= monitor.epoch(epoch, model, epoch_metrics["train/log_px"], warming_up)
             tracker.scalars(epoch_metrics, epoch)
-            metrics |= epoch_metrics
+            metrics |= {k: v for k, v in epoch_metrics.items() if not k.startswith("diag/")}
             log.info(
-                "epoch %d/%d  train elbo %.3f (log p(x|z) %.3f, kl %.3f)  val elbo %.3f  [%.1fs]",
+                "epoch %d/%d  train elbo %.3f (log p(x|z) %.3f, kl %.3f)  val elbo %.3f%s  [%.1fs]",
                 epoch,
                 cfg.epochs,
-                train_stats["elbo"],
-                train_stats["log_px"],
-                train_stats["kl"],
+                epoch_metrics["train/elbo"],
+                epoch_metrics["train/log_px"],
+                epoch_metrics["train/kl"],
                 val_stats["elbo"],
+                _diag_summary(epoch_metrics, cfg),
                 time.perf_counter() - start,
             )
-            bar.set_postfix(train_elbo=f"{train_stats['elbo']:.2f}", val_elbo=f"{val_stats['elbo']:.2f}")
+            bar.set_postfix(
+                train_elbo=f"{epoch_metrics['train/elbo']:.2f}", val_elbo=f"{val_stats['elbo']:.2f}"
+            )
             save_checkpoint(
                 out_dir / CHECKPOINT,
                 model=model.state_dict(),
@@ -162,6 +223,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
             )
         bar.close()
 
+        if monitor:
+            metrics |= monitor.summary()
         metrics |= {
             "epochs": cfg.epochs,
             "train_seconds": train_seconds,
@@ -179,9 +242,11 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
         metrics |= flat_metrics(record)
         tracker.hparams(hparams_of(cfg), {k: metrics[k] for k in HPARAM_METRICS})
         if cfg.plot.enabled:
-            from vae.plots import make_figures
+            from vae.plots import kl_history_figure, make_figures
 
             make_figures(model, data, cfg.plot, out_dir / "figures", tracker, cfg.epochs, cfg.seed)
+            tracker.writer.flush()
+            kl_history_figure(out_dir, tracker, cfg.epochs)
         log.info("results in %s", out_dir)
     finally:
         bar.close()
