@@ -22,6 +22,21 @@ MOONS = [
 ]
 
 
+def tiny_images(tmp_path: Path, gz: bool = True) -> list[str]:
+    """Write a tiny MNIST-format data set into tmp_path/data; return the overrides for a fast run on it."""
+    from idx_utils import write_mnist_like
+
+    write_mnist_like(tmp_path / "data", n_train=300, n_test=50, gz=gz)
+    return [
+        f"dataset.root={tmp_path / 'data'}",
+        "dataset.download=false",
+        "dataset.val_size=100",
+        "hidden_dims=[16]",
+        "eval.iw_samples=5",
+        "device=cpu",
+    ]
+
+
 def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run scripts/<script> with Hydra overrides; ``check`` asserts it succeeded."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MOONS, hparams_tags, read_metrics, read_scalars, run_script
+from conftest import MOONS, hparams_tags, read_metrics, read_scalars, run_script, tiny_images
 from idx_utils import write_mnist_like
 
 REQUIRED = {
@@ -54,20 +54,14 @@ def test_moons_run_writes_metrics_checkpoint_and_tensorboard(tmp_path):
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
 def test_mnist_format_run(tmp_path, gz):
-    root = tmp_path / "data"
-    write_mnist_like(root, n_train=300, n_test=100, gz=gz)
     run_dir = tmp_path / "run"
     run_script(
         "train.py",
-        f"dataset.root={root}",
-        "dataset.download=false",
-        "dataset.val_size=100",
+        *tiny_images(tmp_path, gz),
         "likelihood=bernoulli",
         "z_dim=2",
-        "hidden_dims=[32]",
         "epochs=2",
         "batch_size=50",
-        "device=cpu",
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )

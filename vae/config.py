@@ -29,6 +29,10 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {allowed}.")
 
 
+def _check_device(value: str) -> None:
+    _check(bool(_DEVICE.match(value)), "device", value, "choose auto, cpu, cuda or cuda:N")
+
+
 def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:
     _check(value in options, key, value, "choose one of " + ", ".join(options))
 
@@ -229,7 +233,7 @@ class TrainConfig:
         _check(self.n_samples > 0, "n_samples", self.n_samples, "must be a positive integer")
         _choice("kl", self.kl, KL_FORMS)
         _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0: no clipping)")
-        _check(bool(_DEVICE.match(self.device)), "device", self.device, "choose auto, cpu, cuda or cuda:N")
+        _check_device(self.device)
         if self.likelihood.name in ("bernoulli", "continuous_bernoulli") and self.dataset.name == "moons":
             raise ConfigError(
                 f"likelihood={self.likelihood.name} is invalid for dataset=moons: the moons are real-valued "
@@ -251,7 +255,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         _choice("split", self.split, SPLITS)
-        _check(bool(_DEVICE.match(self.device)), "device", self.device, "choose auto, cpu, cuda or cuda:N")
+        _check_device(self.device)
 
 
 @dataclass
@@ -263,7 +267,7 @@ class PlotScriptConfig:
     plot: PlotConfig = field(default_factory=PlotConfig)
 
     def __post_init__(self) -> None:
-        _check(bool(_DEVICE.match(self.device)), "device", self.device, "choose auto, cpu, cuda or cuda:N")
+        _check_device(self.device)
 
 
 def register_configs() -> None:
