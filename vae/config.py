@@ -171,7 +171,7 @@ class EvalConfig:
 
     iw_samples: int = 5000
     batch_size: int = 1000
-    max_rows: int = 16384
+    max_rows: int = 4096
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -79,7 +79,7 @@ def log_likelihood(
     x: torch.Tensor,
     iw_samples: int,
     batch_size: int = 1000,
-    max_rows: int = 16384,
+    max_rows: int = 4096,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The importance-weighted estimate of log p(x) for every example of x (N, D): (N,) float64."""
@@ -94,7 +94,7 @@ def evaluate(
     x: torch.Tensor,
     iw_samples: int,
     batch_size: int = 1000,
-    max_rows: int = 16384,
+    max_rows: int = 4096,
     generator: torch.Generator | None = None,
 ) -> dict[str, Any]:
     """Every score of x (N, D), in nats per example, from K = iw_samples draws z_k ~ q(z|x) per example.
