@@ -189,7 +189,12 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
                 raise TrainingError(
                     f"non-finite loss in epoch {epoch}: "
                     + " and ".join(f"{k.split('/')[1]} became {epoch_metrics[k]}" for k in bad)
-                    + f". The last good checkpoint is {out_dir / CHECKPOINT}. Try a smaller lr (now {cfg.lr})"
+                    + (
+                        f". The last good checkpoint is {out_dir / CHECKPOINT}"
+                        if (out_dir / CHECKPOINT).is_file()
+                        else ". No epoch finished, so no checkpoint was written"
+                    )
+                    + f". Try a smaller lr (now {cfg.lr})"
                     + (" or gradient clipping (grad_clip=10)." if cfg.grad_clip == 0 else ".")
                 )
             val_stats = elbo_over(model, data.val, cfg.eval.batch_size, cfg.n_samples, cfg.kl)
