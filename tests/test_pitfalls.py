@@ -327,3 +327,18 @@ def test_grey_levels_with_each_likelihood(tmp_path, likelihood, mismatch):
 def test_iwae_with_warmup_is_refused(tmp_path):
     proc = run_script("train.py", *MOONS, "objective=iwae", "objective.beta=0.5", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "objective=iwae takes no beta" in proc.stdout + proc.stderr
+
+
+def test_diagnostics_can_be_switched_off(tmp_path):
+    run_dir = tmp_path / "run"
+    run_script(
+        "train.py",
+        *MOONS,
+        "epochs=1",
+        "diagnose=false",
+        "plot.enabled=false",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    scalars = read_scalars(run_dir)
+    assert "train/elbo" in scalars and not [tag for tag in scalars if tag.startswith("diag/")]

@@ -1,0 +1,336 @@
+"""Measure the training loop and the evaluation against a computed floor and a naive baseline.
+
+The floor is the time the model's matrix multiplies would take at the GEMM throughput measured on the same
+device in the same run, so a ratio to it says how much of the machine the loop uses. The baseline is the
+textbook loop (pytorch/examples' VAE: a per-item Dataset, a DataLoader, BCE on sigmoid outputs, the
+analytic KL), measured in the same run, so a ratio to it says what the project's loop buys. The machine is
+noisy, so every training figure is the median of several epochs after one warm-up epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from vae.config import TrainConfig, config_from_dict
+from vae.data.datasets import Splits
+from vae.evaluate import elbo_over, evaluate, log_likelihood
+from vae.model import VAE, build_model
+from vae.objectives import kl_per_dim, objective_loss
+from vae.train import _train_epoch, seed_everything
+
+LAYER_GEMM = (128, 784, 400)  # (batch x 784) @ (784 x 400): the reference model's largest layers
+EVAL_BATCH = 1000
+EVAL_MAX_ROWS = 4096
+LOSS_RTOL = 1e-4
+IWAE_ATOL = 1e-3
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued kernels, so a timer stops when the work is done, not when it is launched."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _matmul_gflops(m: int, k: int, n: int, device: torch.device, repeats: int) -> float:
+    """The median GFLOP/s of fp32 (m x k) @ (k x n), each repeat long enough (~0.1 s) to time reliably."""
+    a = torch.randn(m, k, device=device)
+    b = torch.randn(k, n, device=device)
+    single = min(_timed(lambda: a @ b, device) for _ in range(3))
+    inner = max(1, int(0.1 / max(single, 1e-7)))
+
+    def run() -> None:
+        for _ in range(inner):
+            a @ b
+
+    seconds = statistics.median(_timed(run, device) for _ in range(repeats))
+    return 2.0 * m * k * n * inner / seconds / 1e9
+
+
+def gemm_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> dict[str, Any]:
+    """The fp32 GEMM throughput reachable here: a layer-shaped product (the floor's rate: the model's
+    matmuls are that small, so a big square GEMM's rate would flatter the floor) and an n x n one."""
+    m, k, o = LAYER_GEMM
+    return {
+        "layer_shape": [m, k, o],
+        "layer_gflops": _matmul_gflops(m, k, o, device, repeats),
+        "square_n": n,
+        "square_gflops": _matmul_gflops(n, n, n, device, repeats),
+    }
+
+
+def _macs(dims: Sequence[int]) -> int:
+    return sum(a * b for a, b in pairwise(dims))
+
+
+def mlp_forward_flops(x_dim: int, hidden: Sequence[int], z_dim: int, samples: int = 1) -> int:
+    """Matmul FLOPs of one example's forward pass: the encoder once (2 * z_dim outputs: mean and
+    log-variance) and the mirrored decoder for each of ``samples`` latents. Bias adds, activations and the
+    loss are left out: they are O(width), the matmuls O(width^2)."""
+    encoder = _macs([x_dim, *hidden, 2 * z_dim])
+    decoder = _macs([z_dim, *reversed(hidden), x_dim])
+    return 2 * (encoder + samples * decoder)
+
+
+def mlp_train_flops(x_dim: int, hidden: Sequence[int], z_dim: int) -> int:
+    """Matmul FLOPs of one training example: the forward pass, the weight gradients (as many again) and
+    the input gradients (as many again, less the first layer's: the data need no gradient)."""
+    return 3 * mlp_forward_flops(x_dim, hidden, z_dim) - 2 * x_dim * hidden[0]
+
+
+def train_config(z_dim: int, hidden: Sequence[int] = (400,), kl: str = "mc", seed: int = 0) -> TrainConfig:
+    """The project's config of a Bernoulli VAE on MNIST-like data, batch 128, Adam 1e-3."""
+    return config_from_dict(
+        {
+            "dataset": {"name": "mnist", "root": "unused", "download": False},
+            "likelihood": {"name": "bernoulli"},
+            "objective": {"name": "elbo"},
+            "z_dim": z_dim,
+            "hidden_dims": list(hidden),
+            "batch_size": 128,
+            "lr": 1e-3,
+            "kl": kl,
+            "seed": seed,
+            "device": "cpu",
+        }
+    )
+
+
+class _NoBar:
+    """Stands in for the progress bar that _train_epoch advances."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def time_project_epochs(
+    cfg: TrainConfig, x: torch.Tensor, epochs: int, device: torch.device, binarize: bool = True
+) -> tuple[list[float], VAE]:
+    """Seconds of each epoch of the project's own loop (vae.train._train_epoch) over x (N, D), moved to
+    ``device`` first as train() does; also the trained model. ``binarize``: dynamic binarisation, the
+    project's default for a Bernoulli decoder."""
+    gen = seed_everything(cfg.seed)
+    x = x.to(device)
+    none = x[:0]
+    labels = torch.zeros(len(x), dtype=torch.int64, device=device)
+    data = Splits(x, none, none, labels, labels[:0], labels[:0], binarize_train=binarize)
+    model = build_model(cfg, x.shape[1]).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    seconds = [
+        _timed(lambda e=epoch: _train_epoch(model, opt, data, cfg, e, gen, _NoBar()), device)
+        for epoch in range(1, epochs + 1)
+    ]
+    return seconds, model
+
+
+class BaselineVAE(nn.Module):
+    """pytorch/examples' VAE: one hidden layer, separate mean and log-variance heads, a sigmoid output."""
+
+    def __init__(self, x_dim: int, hidden: int, z_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(x_dim, hidden)
+        self.fc21 = nn.Linear(hidden, z_dim)
+        self.fc22 = nn.Linear(hidden, z_dim)
+        self.fc3 = nn.Linear(z_dim, hidden)
+        self.fc4 = nn.Linear(hidden, x_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = F.relu(self.fc1(x))
+        mu, logvar = self.fc21(h), self.fc22(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
+
+
+def baseline_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """pytorch/examples' loss: BCE summed over pixels and the batch plus the analytic KL."""
+    bce = F.binary_cross_entropy(recon, x, reduction="sum")
+    return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def _paired_parameters(model: VAE, baseline: BaselineVAE) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """Each project parameter with the baseline parameters it equals (the encoder's last layer is the
+    mean and log-variance heads stacked)."""
+    enc, dec = model.encoder.net, model.decoder
+    if len(enc) != 3 or len(dec) != 3:
+        raise ValueError("the baseline has exactly one hidden layer; give hidden_dims of length 1")
+    b = baseline
+    return [
+        (enc[0].weight, [b.fc1.weight]),
+        (enc[0].bias, [b.fc1.bias]),
+        (enc[2].weight, [b.fc21.weight, b.fc22.weight]),
+        (enc[2].bias, [b.fc21.bias, b.fc22.bias]),
+        (dec[0].weight, [b.fc3.weight]),
+        (dec[0].bias, [b.fc3.bias]),
+        (dec[2].weight, [b.fc4.weight]),
+        (dec[2].bias, [b.fc4.bias]),
+    ]
+
+
+def baseline_like(model: VAE) -> BaselineVAE:
+    """A baseline with the project model's weights, on its device."""
+    hidden = model.encoder.net[0].out_features
+    baseline = BaselineVAE(model.x_dim, hidden, model.z_dim).to(next(model.parameters()).device)
+    with torch.no_grad():
+        for mine, theirs in _paired_parameters(model, baseline):
+            for part, t in zip(mine.split([t.shape[0] for t in theirs]), theirs, strict=True):
+                t.copy_(part)
+    return baseline
+
+
+class _Images(Dataset):
+    """One image per __getitem__, as a torchvision data set gives them."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.x[i]
+
+
+def time_baseline_epochs(
+    x: torch.Tensor, hidden: int, z_dim: int, epochs: int, device: torch.device, seed: int = 0
+) -> list[float]:
+    """Seconds of each epoch of pytorch/examples' training loop over x (N, D) on the CPU, batches moved to
+    ``device`` one by one (with its CUDA loader settings: one worker, pinned memory)."""
+    torch.manual_seed(seed)
+    model = BaselineVAE(x.shape[1], hidden, z_dim).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    cuda = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+    loader = DataLoader(_Images(x.cpu()), batch_size=128, shuffle=True, **cuda)
+
+    def epoch() -> None:
+        model.train()
+        train_loss = 0.0
+        for data in loader:
+            data = data.to(device)
+            opt.zero_grad()
+            recon, mu, logvar = model(data)
+            loss = baseline_loss(recon, data, mu, logvar)
+            loss.backward()
+            train_loss += loss.item()
+            opt.step()
+
+    return [_timed(epoch, device) for _ in range(epochs)]
+
+
+def time_evaluation(
+    model: VAE, x: torch.Tensor, iw_samples: int, device: torch.device, seed: int = 0
+) -> dict[str, float]:
+    """Seconds of the ELBO (vae.evaluate.elbo_over, one z per example) and of the importance-weighted
+    evaluation (vae.evaluate.evaluate, K = iw_samples) over x (N, D), after a small warm-up call."""
+    x = x.to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    evaluate(model, x[:8], 2, EVAL_BATCH, EVAL_MAX_ROWS, gen)
+    return {
+        "elbo_seconds": _timed(lambda: elbo_over(model, x, EVAL_BATCH), device),
+        "iwae_seconds": _timed(lambda: evaluate(model, x, iw_samples, EVAL_BATCH, EVAL_MAX_ROWS, gen), device),
+    }
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(a).clamp_min(1e-30)).item()
+
+
+def loss_curve_check(
+    cfg: TrainConfig, x: torch.Tensor, steps: int, device: torch.device, seed: int = 0
+) -> dict[str, Any]:
+    """Train the project's model (its forward pass, analytic KL and ELBO loss, as _train_epoch computes
+    them) and a baseline with the same initial weights side by side for ``steps`` Adam steps on the same
+    batches, each step's noise drawn after the same seed; return the largest relative differences of
+    the per-example losses (all steps) and of the gradients (the first step).
+
+    The baseline sums its loss over the batch (as pytorch/examples does), the project averages it: Adam
+    is invariant to that scale up to its epsilon, so the curves agree to float tolerance.
+    """
+    torch.manual_seed(seed)
+    model = build_model(cfg, x.shape[1]).to(device)
+    baseline = baseline_like(model)
+    opt_p = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt_b = torch.optim.Adam(baseline.parameters(), lr=cfg.lr)
+    batches = x[: steps * cfg.batch_size].to(device).split(cfg.batch_size)
+    loss_diff, grad_diff, losses = 0.0, 0.0, []
+    for step, xb in enumerate(batches):
+        torch.manual_seed(seed + step)
+        log_px, z, mean, log_var = model(xb, 1)
+        loss_p = objective_loss("elbo", log_px, z, mean, log_var, kl_per_dim(z, mean, log_var, "analytic"))
+        torch.manual_seed(seed + step)
+        recon, mu, logvar = baseline(xb)
+        loss_b = baseline_loss(recon, xb, mu, logvar)
+        for opt, loss in ((opt_p, loss_p), (opt_b, loss_b)):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        per_example = loss_b.item() / len(xb)
+        loss_diff = max(loss_diff, abs(loss_p.item() - per_example) / abs(loss_p.item()))
+        losses.append([loss_p.item(), per_example])
+        if step == 0:
+            for mine, theirs in _paired_parameters(model, baseline):
+                grad_diff = max(grad_diff, _relative(mine.grad, torch.cat([t.grad for t in theirs]) / len(xb)))
+        opt_p.step()
+        opt_b.step()
+    return {
+        "steps": len(batches),
+        "max_loss_rel_diff": loss_diff,
+        "max_grad_rel_diff": grad_diff,
+        "losses": losses,
+        "tolerance": LOSS_RTOL,
+        "passed": loss_diff <= LOSS_RTOL and grad_diff <= LOSS_RTOL,
+    }
+
+
+def iwae_chunk_check(
+    model: VAE, x: torch.Tensor, iw_samples: int, device: torch.device, seed: int = 0
+) -> dict[str, Any]:
+    """The importance-weighted log p(x) of every example of x from one decoder pass per batch and from
+    small chunks (max_rows = the batch size: one sample of z per pass), on the same generator seed."""
+    x = x.to(device)
+
+    def estimate(max_rows: int) -> torch.Tensor:
+        gen = torch.Generator(device=device).manual_seed(seed)
+        return log_likelihood(model, x, iw_samples, len(x), max_rows, gen)
+
+    diff = (estimate(len(x) * iw_samples) - estimate(len(x))).abs().max().item()
+    return {
+        "iw_samples": iw_samples,
+        "examples": len(x),
+        "max_abs_diff_nats": diff,
+        "tolerance": IWAE_ATOL,
+        "passed": diff <= IWAE_ATOL,
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures depend on: the CPU, the threads torch uses, the torch build and the GPU."""
+    cpu = platform.processor() or "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
