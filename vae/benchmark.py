@@ -9,7 +9,6 @@ noisy, so every training figure is the median of several epochs after one warm-u
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import statistics
@@ -160,7 +159,9 @@ class BaselineVAE(nn.Module):
         return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
 
 
-def baseline_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def baseline_loss(
+    recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> torch.Tensor:
     """pytorch/examples' loss: BCE summed over pixels and the batch plus the analytic KL."""
     bce = F.binary_cross_entropy(recon, x, reduction="sum")
     return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
@@ -245,7 +246,9 @@ def time_evaluation(
     evaluate(model, x[:8], 2, EVAL_BATCH, EVAL_MAX_ROWS, gen)
     return {
         "elbo_seconds": _timed(lambda: elbo_over(model, x, EVAL_BATCH), device),
-        "iwae_seconds": _timed(lambda: evaluate(model, x, iw_samples, EVAL_BATCH, EVAL_MAX_ROWS, gen), device),
+        "iwae_seconds": _timed(
+            lambda: evaluate(model, x, iw_samples, EVAL_BATCH, EVAL_MAX_ROWS, gen), device
+        ),
     }
 
 
@@ -286,7 +289,9 @@ def loss_curve_check(
         losses.append([loss_p.item(), per_example])
         if step == 0:
             for mine, theirs in _paired_parameters(model, baseline):
-                grad_diff = max(grad_diff, _relative(mine.grad, torch.cat([t.grad for t in theirs]) / len(xb)))
+                grad_diff = max(
+                    grad_diff, _relative(mine.grad, torch.cat([t.grad for t in theirs]) / len(xb))
+                )
         opt_p.step()
         opt_b.step()
     return {
@@ -334,3 +339,165 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def load_images(n: int, root: str | None = None, name: str = "mnist", seed: int = 0) -> torch.Tensor:
+    """The first n training images (N, 784) in [0, 1] of the IDX files in ``root``, or, without a root,
+    n random binary 28 x 28 images (same shapes and costs, nothing to download)."""
+    if root is None:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.bernoulli(torch.full((n, 784), 0.5), generator=gen)
+    from vae.data.idx import load_images_and_labels
+
+    images = load_images_and_labels(name, root, download=False)[0][:n]
+    return torch.from_numpy(images.reshape(len(images), -1)).float() / 255.0
+
+
+# (name, z_dim, kl): the issue's reference model, whose analytic KL is the baseline's computation, and the
+# project's default config (z_dim=10, the Monte-Carlo KL); both 784-400-z-400-784, Bernoulli, batch 128.
+MODELS = (("reference", 20, "analytic"), ("default", 10, "mc"))
+HIDDEN = 400
+
+
+def _epochs_summary(seconds: list[float], n: int, floor_seconds: float) -> dict[str, Any]:
+    timed = seconds[1:] or seconds  # the first epoch warms up caches and allocators
+    median = statistics.median(timed)
+    return {
+        "epoch_seconds": seconds,
+        "seconds_per_epoch": median,
+        "examples_per_second": n / median,
+        "times_floor": median / floor_seconds,
+    }
+
+
+def run_device(
+    device: torch.device,
+    x: torch.Tensor,
+    epochs: int,
+    iw_samples: int,
+    eval_examples: int,
+    gemm_n: int,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Every measurement and check on one device; x (N, D) are the training images on the CPU."""
+    log(f"[{device}] GEMM throughput")
+    gemm = gemm_gflops(device, gemm_n)
+    rate = gemm["layer_gflops"] * 1e9
+    n, x_dim = x.shape
+    training: dict[str, dict[str, Any]] = {}
+    models: dict[str, VAE] = {}
+    for name, z_dim, kl in MODELS:
+        cfg = train_config(z_dim, [HIDDEN], kl)
+        floor = n * mlp_train_flops(x_dim, [HIDDEN], z_dim) / rate
+        log(f"[{device}] project loop, {name} model: {epochs} epochs")
+        project, models[name] = time_project_epochs(cfg, x, epochs, device)
+        log(f"[{device}] baseline loop, {name} model: {epochs} epochs")
+        baseline = _epochs_summary(time_baseline_epochs(x, HIDDEN, z_dim, epochs, device), n, floor)
+        training[f"project_{name}"] = _epochs_summary(project, n, floor)
+        training[f"baseline_{name}"] = baseline
+        for loop in ("project", "baseline"):
+            row = training[f"{loop}_{name}"]
+            row |= {"z_dim": z_dim, "kl": kl if loop == "project" else "analytic"}
+            row["speedup_vs_baseline"] = baseline["seconds_per_epoch"] / row["seconds_per_epoch"]
+
+    gen = torch.Generator().manual_seed(0)
+    x_eval = torch.bernoulli(x[:eval_examples], generator=gen)  # scored binarised, as the test set is
+    model = models["reference"]
+    log(f"[{device}] evaluation: ELBO and IWAE (K={iw_samples}) of {len(x_eval)} examples")
+    seconds = time_evaluation(model, x_eval, iw_samples, device)
+    evaluation = {}
+    for kind, samples in (("elbo", 1), ("iwae", iw_samples)):
+        floor = len(x_eval) * mlp_forward_flops(x_dim, [HIDDEN], model.z_dim, samples) / rate
+        s = seconds[f"{kind}_seconds"]
+        evaluation[kind] = {
+            "samples": samples,
+            "examples": len(x_eval),
+            "seconds": s,
+            "examples_per_second": len(x_eval) / s,
+            "times_floor": s / floor,
+        }
+
+    log(f"[{device}] equivalence checks")
+    checks = {
+        "loss_curve": loss_curve_check(train_config(20, [HIDDEN], "analytic"), x, 10, device),
+        "iwae_chunked": iwae_chunk_check(model, x_eval[:100], min(iw_samples, 100), device),
+    }
+    return {"gemm": gemm, "training": training, "evaluation": evaluation, "checks": checks}
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    """The report: per device a table of every measured item against the floor and the baseline, the
+    GEMM rates, the checks; the floor's definition and the machine."""
+    m, s = result["machine"], result["settings"]
+    lines = [
+        "# Benchmark",
+        "",
+        f"Machine: {m['cpu']} ({m['cpu_count']} CPUs, torch {m['torch']} with {m['torch_threads']} threads"
+        + (f", GPU {m['cuda']}" if m["cuda"] else "")
+        + f"). Data: {s['data']}, {s['examples']} training examples, {s['epochs']} epochs per loop "
+        "(median of the epochs after the first).",
+        "",
+        "Floor: the model's matmul FLOPs (per training example: forward, weight gradients and input "
+        "gradients but the data's; per evaluated example: the encoder once and the decoder once per sample "
+        "of z) at the fp32 GEMM rate measured here for a layer-shaped (128x784)@(784x400) product. "
+        "x floor = measured time / floor time (1 would be the GEMM rate); speed-up = baseline time / "
+        "measured time. Baseline: pytorch/examples' VAE loop (per-item Dataset, DataLoader batch 128 "
+        "shuffled, BCE on sigmoid outputs, analytic KL, Adam 1e-3, loss.item() per step).",
+    ]
+    flops = result["train_flops_per_example"]
+    lines += ["", "Training matmul FLOPs per example: " + ", ".join(f"{k} {v:,}" for k, v in flops.items())]
+    for device, r in result["devices"].items():
+        g = r["gemm"]
+        lines += [
+            "",
+            f"## {device}",
+            "",
+            f"GEMM fp32: {g['layer_gflops']:.1f} GFLOP/s layer-shaped {'x'.join(map(str, g['layer_shape']))} "
+            f"(the floor's rate), {g['square_gflops']:.1f} GFLOP/s square {g['square_n']}.",
+            "",
+            _row(["measured", "seconds (median)", "examples/s", "x floor", "speed-up vs baseline"]),
+            _row(["---", "---:", "---:", "---:", "---:"]),
+        ]
+        for key, t in r["training"].items():
+            loop, name = key.split("_", 1)
+            label = f"{loop} loop, {name} model (z={t['z_dim']}, kl={t['kl']}), per epoch"
+            lines.append(
+                _row(
+                    [
+                        label,
+                        f"{t['seconds_per_epoch']:.3f}",
+                        f"{t['examples_per_second']:,.0f}",
+                        f"{t['times_floor']:.1f}",
+                        f"{t['speedup_vs_baseline']:.2f}",
+                    ]
+                )
+            )
+        for kind, e in r["evaluation"].items():
+            what = "ELBO (one z)" if kind == "elbo" else f"IWAE, K={e['samples']}"
+            lines.append(
+                _row(
+                    [
+                        f"evaluation: {what}, {e['examples']} examples",
+                        f"{e['seconds']:.3f}",
+                        f"{e['examples_per_second']:,.0f}",
+                        f"{e['times_floor']:.1f}",
+                        "n/a",
+                    ]
+                )
+            )
+        lc, iw = r["checks"]["loss_curve"], r["checks"]["iwae_chunked"]
+        lines += [
+            "",
+            f"- same loss curve as the baseline ({lc['steps']} Adam steps, same weights, batches and noise): "
+            f"max relative difference {lc['max_loss_rel_diff']:.2e} in the loss, "
+            f"{lc['max_grad_rel_diff']:.2e} in the first gradients (tolerance {lc['tolerance']:g}): "
+            + ("passed" if lc["passed"] else "FAILED"),
+            f"- IWAE chunked vs one pass (K={iw['iw_samples']}, {iw['examples']} examples, same seed): "
+            f"max |difference| {iw['max_abs_diff_nats']:.2e} nats (tolerance {iw['tolerance']:g}): "
+            + ("passed" if iw["passed"] else "FAILED"),
+        ]
+    return "\n".join(lines) + "\n"
