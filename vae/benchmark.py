@@ -27,7 +27,7 @@ from vae.data.datasets import Splits
 from vae.evaluate import elbo_over, evaluate, log_likelihood
 from vae.model import VAE, build_model
 from vae.objectives import kl_per_dim, objective_loss
-from vae.train import _train_epoch, seed_everything
+from vae.train import _train_epoch, make_optimizer, seed_everything
 
 LAYER_GEMM = (128, 784, 400)  # (batch x 784) @ (784 x 400): the reference model's largest layers
 EVAL_BATCH = 1000
@@ -133,7 +133,7 @@ def time_project_epochs(
     labels = torch.zeros(len(x), dtype=torch.int64, device=device)
     data = Splits(x, none, none, labels, labels[:0], labels[:0], binarize_train=binarize)
     model = build_model(cfg, x.shape[1]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = make_optimizer(model, cfg)
     seconds = [
         _timed(lambda e=epoch: _train_epoch(model, opt, data, cfg, e, gen, _NoBar()), device)
         for epoch in range(1, epochs + 1)

@@ -213,6 +213,7 @@ class TrainConfig:
     n_samples: int = 1
     kl: str = "mc"
     grad_clip: float = 0.0
+    fused_adam: bool = True
     diagnose: bool = True
     progress: bool = True
     eval: EvalConfig = field(default_factory=EvalConfig)
