@@ -121,12 +121,12 @@ class _NoBar:
         pass
 
 
-def time_project_epochs(
-    cfg: TrainConfig, x: torch.Tensor, epochs: int, device: torch.device, binarize: bool = True
-) -> tuple[list[float], VAE]:
-    """Seconds of each epoch of the project's own loop (vae.train._train_epoch) over x (N, D), moved to
-    ``device`` first as train() does; also the trained model. ``binarize``: dynamic binarisation, the
-    project's default for a Bernoulli decoder."""
+def project_epoch(
+    cfg: TrainConfig, x: torch.Tensor, device: torch.device, binarize: bool = True
+) -> tuple[Callable[[], None], VAE]:
+    """One epoch of the project's own loop (vae.train._train_epoch) over x (N, D), moved to ``device``
+    first as train() does, as a callable; also the model it trains. ``binarize``: dynamic binarisation,
+    the project's default for a Bernoulli decoder (the baseline trains on x as it is)."""
     gen = seed_everything(cfg.seed)
     x = x.to(device)
     none = x[:0]
@@ -134,11 +134,14 @@ def time_project_epochs(
     data = Splits(x, none, none, labels, labels[:0], labels[:0], binarize_train=binarize)
     model = build_model(cfg, x.shape[1]).to(device)
     opt = make_optimizer(model, cfg)
-    seconds = [
-        _timed(lambda e=epoch: _train_epoch(model, opt, data, cfg, e, gen, _NoBar()), device)
-        for epoch in range(1, epochs + 1)
-    ]
-    return seconds, model
+    epoch = 0
+
+    def run() -> None:
+        nonlocal epoch
+        epoch += 1
+        _train_epoch(model, opt, data, cfg, epoch, gen, _NoBar())
+
+    return run, model
 
 
 class BaselineVAE(nn.Module):
@@ -210,18 +213,18 @@ class _Images(Dataset):
         return self.x[i]
 
 
-def time_baseline_epochs(
-    x: torch.Tensor, hidden: int, z_dim: int, epochs: int, device: torch.device, seed: int = 0
-) -> list[float]:
-    """Seconds of each epoch of pytorch/examples' training loop over x (N, D) on the CPU, batches moved to
-    ``device`` one by one (with its CUDA loader settings: one worker, pinned memory)."""
+def baseline_epoch(
+    x: torch.Tensor, hidden: int, z_dim: int, device: torch.device, seed: int = 0
+) -> Callable[[], None]:
+    """One epoch of pytorch/examples' training loop over x (N, D) on the CPU, batches moved to ``device``
+    one by one (with its CUDA loader settings: one worker, pinned memory), as a callable."""
     torch.manual_seed(seed)
     model = BaselineVAE(x.shape[1], hidden, z_dim).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     cuda = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
     loader = DataLoader(_Images(x.cpu()), batch_size=128, shuffle=True, **cuda)
 
-    def epoch() -> None:
+    def run() -> None:
         model.train()
         train_loss = 0.0
         for data in loader:
@@ -233,7 +236,23 @@ def time_baseline_epochs(
             train_loss += loss.item()
             opt.step()
 
-    return [_timed(epoch, device) for _ in range(epochs)]
+    return run
+
+
+def time_interleaved(
+    loops: dict[str, Callable[[], None]], rounds: int, device: torch.device, gemm_seconds: Callable[[], float]
+) -> tuple[dict[str, list[float]], list[float]]:
+    """Seconds of each loop's epochs, run in rounds (one epoch of every loop per round, the order rotating)
+    with the GEMM probe timed in each round too, so that every ratio compares figures taken minutes, not
+    tens of minutes, apart on this drifting machine. Returns the seconds per loop and the probe's."""
+    seconds: dict[str, list[float]] = {name: [] for name in loops}
+    probe = []
+    names = list(loops)
+    for r in range(rounds):
+        probe.append(gemm_seconds())
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            seconds[name].append(_timed(loops[name], device))
+    return seconds, probe
 
 
 def time_evaluation(
@@ -353,20 +372,29 @@ def load_images(n: int, root: str | None = None, name: str = "mnist", seed: int 
     return torch.from_numpy(images.reshape(len(images), -1)).float() / 255.0
 
 
-# (name, z_dim, kl): the issue's reference model, whose analytic KL is the baseline's computation, and the
-# project's default config (z_dim=10, the Monte-Carlo KL); both 784-400-z-400-784, Bernoulli, batch 128.
-MODELS = (("reference", 20, "analytic"), ("default", 10, "mc"))
+# (name, z_dim, kl, binarize): the issue's reference model, which computes what the baseline does (analytic
+# KL, the images as they are), and the project's default config (z_dim=10, Monte-Carlo KL, dynamic
+# binarisation); both 784-400-z-400-784, Bernoulli, batch 128.
+MODELS = (("reference", 20, "analytic", False), ("default", 10, "mc", True))
 HIDDEN = 400
 
 
-def _epochs_summary(seconds: list[float], n: int, floor_seconds: float) -> dict[str, Any]:
-    timed = seconds[1:] or seconds  # the first epoch warms up caches and allocators
-    median = statistics.median(timed)
+def _median_after_warmup(values: Sequence[float]) -> float:
+    return statistics.median(values[1:] or values)  # the first round warms up caches and allocators
+
+
+def _epochs_summary(
+    seconds: list[float], n: int, floors: list[float], baseline: list[float]
+) -> dict[str, Any]:
+    """Medians over the rounds after the first; ratios are taken round by round (to the floor and the
+    baseline of the same round), then their median."""
+    median = _median_after_warmup(seconds)
     return {
         "epoch_seconds": seconds,
         "seconds_per_epoch": median,
         "examples_per_second": n / median,
-        "times_floor": median / floor_seconds,
+        "times_floor": _median_after_warmup([s / f for s, f in zip(seconds, floors, strict=True)]),
+        "speedup_vs_baseline": _median_after_warmup([b / s for s, b in zip(seconds, baseline, strict=True)]),
     }
 
 
@@ -382,28 +410,40 @@ def run_device(
     """Every measurement and check on one device; x (N, D) are the training images on the CPU."""
     log(f"[{device}] GEMM throughput")
     gemm = gemm_gflops(device, gemm_n)
-    rate = gemm["layer_gflops"] * 1e9
     n, x_dim = x.shape
-    training: dict[str, dict[str, Any]] = {}
+    loops: dict[str, Callable[[], None]] = {}
     models: dict[str, VAE] = {}
-    for name, z_dim, kl in MODELS:
-        cfg = train_config(z_dim, [HIDDEN], kl)
-        floor = n * mlp_train_flops(x_dim, [HIDDEN], z_dim) / rate
-        log(f"[{device}] project loop, {name} model: {epochs} epochs")
-        project, models[name] = time_project_epochs(cfg, x, epochs, device)
-        log(f"[{device}] baseline loop, {name} model: {epochs} epochs")
-        baseline = _epochs_summary(time_baseline_epochs(x, HIDDEN, z_dim, epochs, device), n, floor)
-        training[f"project_{name}"] = _epochs_summary(project, n, floor)
-        training[f"baseline_{name}"] = baseline
+    for name, z_dim, kl, binarize in MODELS:
+        loops[f"project_{name}"], models[name] = project_epoch(
+            train_config(z_dim, [HIDDEN], kl), x, device, binarize
+        )
+        loops[f"baseline_{name}"] = baseline_epoch(x, HIDDEN, z_dim, device)
+    log(f"[{device}] {epochs} rounds of one epoch of each of {', '.join(loops)}")
+    seconds, rates = time_interleaved(
+        loops, epochs, device, lambda: _matmul_gflops(*LAYER_GEMM, device, repeats=1)
+    )
+    gemm["layer_gflops_per_round"] = rates
+    gemm["floor_gflops"] = _median_after_warmup(rates)
+    training: dict[str, dict[str, Any]] = {}
+    for name, z_dim, kl, binarize in MODELS:
+        floors = [n * mlp_train_flops(x_dim, [HIDDEN], z_dim) / (r * 1e9) for r in rates]
+        baseline = seconds[f"baseline_{name}"]
         for loop in ("project", "baseline"):
-            row = training[f"{loop}_{name}"]
-            row |= {"z_dim": z_dim, "kl": kl if loop == "project" else "analytic"}
-            row["speedup_vs_baseline"] = baseline["seconds_per_epoch"] / row["seconds_per_epoch"]
+            row = _epochs_summary(seconds[f"{loop}_{name}"], n, floors, baseline)
+            is_project = loop == "project"
+            row |= {
+                "z_dim": z_dim,
+                "kl": kl if is_project else "analytic",
+                "binarize": binarize and is_project,
+            }
+            training[f"{loop}_{name}"] = row
 
     gen = torch.Generator().manual_seed(0)
     x_eval = torch.bernoulli(x[:eval_examples], generator=gen)  # scored binarised, as the test set is
     model = models["reference"]
     log(f"[{device}] evaluation: ELBO and IWAE (K={iw_samples}) of {len(x_eval)} examples")
+    gemm["eval_floor_gflops"] = _matmul_gflops(*LAYER_GEMM, device, repeats=3)  # the rate just before
+    rate = gemm["eval_floor_gflops"] * 1e9
     seconds = time_evaluation(model, x_eval, iw_samples, device)
     evaluation = {}
     for kind, samples in (("elbo", 1), ("iwae", iw_samples)):
@@ -445,7 +485,9 @@ def format_markdown(result: dict[str, Any]) -> str:
         "gradients but the data's; per evaluated example: the encoder once and the decoder once per sample "
         "of z) at the fp32 GEMM rate measured here for a layer-shaped (128x784)@(784x400) product. "
         "x floor = measured time / floor time (1 would be the GEMM rate); speed-up = baseline time / "
-        "measured time. Baseline: pytorch/examples' VAE loop (per-item Dataset, DataLoader batch 128 "
+        "measured time. The training loops run in rounds of one epoch each, the GEMM rate probed in every "
+        "round, and both ratios are taken within each round (median over the rounds after the first). "
+        "Baseline: pytorch/examples' VAE loop (per-item Dataset, DataLoader batch 128 "
         "shuffled, BCE on sigmoid outputs, analytic KL, Adam 1e-3, loss.item() per step).",
     ]
     flops = result["train_flops_per_example"]
@@ -456,15 +498,19 @@ def format_markdown(result: dict[str, Any]) -> str:
             "",
             f"## {device}",
             "",
-            f"GEMM fp32: {g['layer_gflops']:.1f} GFLOP/s layer-shaped {'x'.join(map(str, g['layer_shape']))} "
-            f"(the floor's rate), {g['square_gflops']:.1f} GFLOP/s square {g['square_n']}.",
+            f"GEMM fp32: {g['layer_gflops']:.1f} GFLOP/s layer-shaped {'x'.join(map(str, g['layer_shape']))}"
+            f" at the start; the floors' rates: {g['floor_gflops']:.1f} (median of the training rounds, "
+            f"{min(g['layer_gflops_per_round']):.0f} to {max(g['layer_gflops_per_round']):.0f}) and "
+            f"{g['eval_floor_gflops']:.1f} (before the evaluation); {g['square_gflops']:.1f} GFLOP/s "
+            f"square {g['square_n']}.",
             "",
             _row(["measured", "seconds (median)", "examples/s", "x floor", "speed-up vs baseline"]),
             _row(["---", "---:", "---:", "---:", "---:"]),
         ]
         for key, t in r["training"].items():
             loop, name = key.split("_", 1)
-            label = f"{loop} loop, {name} model (z={t['z_dim']}, kl={t['kl']}), per epoch"
+            binarized = ", dynamic binarisation" if t["binarize"] else ""
+            label = f"{loop} loop, {name} model (z={t['z_dim']}, kl={t['kl']}{binarized}), per epoch"
             lines.append(
                 _row(
                     [

@@ -24,6 +24,7 @@ from vae.files import atomic_write, write_json
 from vae.model import VAE, build_model
 from vae.monitor import Monitor
 from vae.objectives import kl_per_dim, kl_weight, objective_loss
+from vae.optim import FusedAdam, fused_adam_supported
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,15 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def make_optimizer(model: VAE, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam; ``fused_adam`` uses its fused kernel (one pass per tensor: about 4x faster steps on the CPU
-    here), else the multi-tensor path. Both compute the same update up to float rounding."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=cfg.fused_adam or None)
+def make_optimizer(model: VAE, cfg: TrainConfig) -> FusedAdam | torch.optim.Adam:
+    """Adam. ``fused_adam``, where the fused kernel runs (vae.optim.fused_adam_supported), uses it through
+    vae.optim.FusedAdam (about 4x faster steps on the CPU here than the multi-tensor path, and no
+    torch._dynamo import at start-up); otherwise torch.optim.Adam's multi-tensor path. Both compute the
+    same update up to float rounding, and their state_dicts are interchangeable."""
+    params = list(model.parameters())
+    if cfg.fused_adam and fused_adam_supported(params):
+        return FusedAdam(params, lr=cfg.lr)
+    return torch.optim.Adam(params, lr=cfg.lr)
 
 
 def hparams_of(cfg: TrainConfig) -> dict[str, Any]:
@@ -84,14 +90,19 @@ def hparams_of(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+# The diagnostics' gradient norms are taken on every GRAD_NORM_EVERY-th step: their epoch mean is as
+# informative from a sample, and on every step they cost ~8% of a small model's epoch on the CPU.
+GRAD_NORM_EVERY = 8
+
+
 def _grad_norm(params) -> torch.Tensor:
     """The L2 norm of the parameters' gradients, kept on the device."""
-    norms = [p.grad.norm() for p in params if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
 
 def _train_epoch(
-    model: VAE, opt: torch.optim.Optimizer, data: Splits, cfg: TrainConfig, epoch: int, gen, bar
+    model: VAE, opt: FusedAdam | torch.optim.Adam, data: Splits, cfg: TrainConfig, epoch: int, gen, bar
 ) -> dict[str, float]:
     """One pass over the training set. Per-example sums and per-step gradient norms stay on the device
     (no per-step host sync) and are read once, at the end."""
@@ -115,7 +126,7 @@ def _train_epoch(
         loss = objective_loss(obj.name, log_px, z, mean, log_var, kl_dims, beta, obj.free_bits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.diagnose:  # two reductions per step: only when the diagnostics want them
+        if cfg.diagnose and step % GRAD_NORM_EVERY == 0:
             sums[4:] += torch.stack([_grad_norm(model.encoder.parameters()), _grad_norm(decoder_params)])
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -135,7 +146,11 @@ def _train_epoch(
         "train/kl_weight": beta,
     }
     if cfg.diagnose:
-        stats |= {"diag/grad_norm_encoder": values[4] / steps, "diag/grad_norm_decoder": values[5] / steps}
+        sampled = num_batches(steps, GRAD_NORM_EVERY)
+        stats |= {
+            "diag/grad_norm_encoder": values[4] / sampled,
+            "diag/grad_norm_decoder": values[5] / sampled,
+        }
     return stats
 
 
