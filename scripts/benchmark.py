@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from vae.benchmark import format_markdown, load_images, machine_info, mlp_train_flops, run_device
+from vae.errors import VAEError
 from vae.files import atomic_write, write_json
 
 QUICK = {"examples": 2000, "epochs": 3, "iw_samples": 50, "eval_examples": 200, "gemm_n": 512}
@@ -50,6 +51,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return benchmark(args)
+    except VAEError as e:  # bad data under --data-root, an --out that cannot be written
+        print(f"benchmark.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def benchmark(args: argparse.Namespace) -> int:
     out = args.out or Path("outputs/benchmark") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     devices = {
         "cpu": ["cpu"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from vae.cli import user_errors
+from vae.cli import run_hydra, user_errors
 from vae.config import register_configs, validate
 
 register_configs()
@@ -28,4 +28,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

@@ -10,7 +10,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from vae.cli import user_errors
+from vae.cli import run_hydra, user_errors
 from vae.config import register_configs, validate
 
 log = logging.getLogger("plot")
@@ -31,4 +31,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

@@ -172,5 +172,5 @@ def test_evaluate_script_errors(tmp_path):
     proc = run_script("evaluate.py", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "missing mandatory value: run" in proc.stdout + proc.stderr
     proc = run_script("evaluate.py", f"run={tmp_path / 'nothing'}", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "no checkpoint.pt in or below" in proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "no last.pt in or below" in proc.stdout + proc.stderr
     assert not (tmp_path / "nothing").exists()

@@ -9,6 +9,8 @@ import torch
 from conftest import MOONS, hparams_tags, read_metrics, read_scalars, run_script, tiny_images
 from idx_utils import write_mnist_like
 
+from vae.status import read_status
+
 REQUIRED = {
     "train/elbo",
     "val/elbo",
@@ -28,8 +30,9 @@ def check_run(run_dir: Path, epochs: int) -> dict:
     assert metrics["test/elbo"] == pytest.approx(metrics["test/log_px"] - metrics["test/kl"])
     assert metrics["test/nll"] <= -metrics["test/elbo"]
     assert (run_dir / "eval.json").is_file()
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert ckpt["epoch"] == epochs and {"model", "optimizer", "config"} <= ckpt.keys()
+    ckpt = torch.load(run_dir / "last.pt", weights_only=False)
+    assert ckpt["epoch"] == epochs and {"model", "optimizer", "config", "rng", "step"} <= ckpt.keys()
+    assert (run_dir / "best.pt").is_file() and read_status(run_dir)["status"] == "finished"
     scalars = read_scalars(run_dir)
     for tag in ("train/elbo", "train/log_px", "train/kl", "val/elbo", "val/log_px", "val/kl"):
         assert [step for step, _ in scalars[tag]] == list(range(1, epochs + 1)), tag

@@ -6,6 +6,8 @@ cross-field checks live in ``__post_init__`` and run in :func:`validate`, before
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +23,21 @@ BINARIZE = ("auto", "none", "static", "dynamic")
 KL_FORMS = ("mc", "analytic")
 VARIANCES = ("learned", "shared", "fixed", "optimal")
 WARMUPS = ("none", "linear", "cyclical")
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:(0|[1-9]\d{0,3}))?)$")  # torch.device refuses cuda:01
+MAX_UNITS = 1 << 16  # z_dim and each hidden layer
+MAX_DRAWS = 1 << 16  # n_samples and objective.k: z draws per example in one training step
+MAX_POINTS = 10_000_000  # dataset.n_samples: the moons are generated in memory
+MAX_SEED = 2**32 - 1  # numpy's np.random.seed takes 0 .. 2**32 - 1
+MAX_WEIGHT = 1e6  # objective.beta, objective.free_bits, likelihood.min_std: beyond it float32 overflows
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is invalid: {allowed}.")
+
+
+def _seed(key: str, value: int) -> None:
+    _check(0 <= value <= MAX_SEED, key, value, f"must be in [0, {MAX_SEED}]")
 
 
 def _check_device(value: str) -> None:
@@ -46,6 +57,9 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         _check(self.val_size > 0, "dataset.val_size", self.val_size, "must be a positive integer")
+        _check(
+            self.val_size <= MAX_POINTS, "dataset.val_size", self.val_size, f"must be at most {MAX_POINTS}"
+        )
 
 
 @dataclass
@@ -60,6 +74,10 @@ class MoonsConfig(DatasetConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.noise >= 0, "dataset.noise", self.noise, "must be >= 0")
+        _check(
+            self.n_samples <= MAX_POINTS, "dataset.n_samples", self.n_samples, f"must be at most {MAX_POINTS}"
+        )
+        _seed("dataset.seed", self.seed)
         _check(self.test_size > 0, "dataset.test_size", self.test_size, "must be a positive integer")
         _check(
             self.n_samples > self.val_size + self.test_size,
@@ -82,6 +100,7 @@ class ImageDatasetConfig(DatasetConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _choice("dataset.binarize", self.binarize, BINARIZE)
+        _seed("dataset.binarize_seed", self.binarize_seed)
 
 
 @dataclass
@@ -107,7 +126,12 @@ class GaussianConfig(LikelihoodConfig):
 
     def __post_init__(self) -> None:
         _choice("likelihood.variance", self.variance, VARIANCES)
-        _check(self.min_std >= 0, "likelihood.min_std", self.min_std, "must be >= 0 (0: no floor)")
+        _check(
+            0 <= self.min_std <= MAX_WEIGHT,
+            "likelihood.min_std",
+            self.min_std,
+            f"must be in [0, {MAX_WEIGHT:g}] (0: no floor)",
+        )
         _check(self.fixed_std > 0, "likelihood.fixed_std", self.fixed_std, "must be > 0")
 
 
@@ -134,13 +158,24 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         _choice("objective.name", self.name, ("elbo", "iwae"))
-        _check(self.beta >= 0, "objective.beta", self.beta, "must be >= 0")
+        _check(0 <= self.beta <= MAX_WEIGHT, "objective.beta", self.beta, f"must be in [0, {MAX_WEIGHT:g}]")
         _choice("objective.warmup", self.warmup, WARMUPS)
         _check(self.warmup_epochs > 0, "objective.warmup_epochs", self.warmup_epochs, "must be > 0")
         _check(0 <= self.warmup_start <= 1, "objective.warmup_start", self.warmup_start, "must be in [0, 1]")
         _check(0 < self.warmup_ratio <= 1, "objective.warmup_ratio", self.warmup_ratio, "must be in (0, 1]")
-        _check(self.free_bits >= 0, "objective.free_bits", self.free_bits, "must be >= 0 nats")
-        _check(self.k > 0, "objective.k", self.k, "must be a positive integer")
+        _check(
+            0 <= self.free_bits <= MAX_WEIGHT,
+            "objective.free_bits",
+            self.free_bits,
+            f"must be in [0, {MAX_WEIGHT:g}] nats",
+        )
+        _check(0 < self.k <= MAX_DRAWS, "objective.k", self.k, f"must be an integer in [1, {MAX_DRAWS}]")
+        _check(
+            self.warmup_epochs * self.warmup_ratio > 0,
+            "objective.warmup_ratio",
+            self.warmup_ratio,
+            f"times objective.warmup_epochs={self.warmup_epochs} must be > 0 (it underflows to 0)",
+        )
         if self.name == "iwae" and (self.beta != 1 or self.warmup != "none" or self.free_bits > 0):
             raise ConfigError(
                 "objective=iwae takes no beta, warm-up or free bits (they reshape the ELBO's KL term); "
@@ -178,6 +213,7 @@ class EvalConfig:
         _check(self.iw_samples > 0, "eval.iw_samples", self.iw_samples, "must be a positive integer")
         _check(self.batch_size > 0, "eval.batch_size", self.batch_size, "must be a positive integer")
         _check(self.max_rows > 0, "eval.max_rows", self.max_rows, "must be a positive integer")
+        _seed("eval.seed", self.seed)
 
 
 @dataclass
@@ -194,6 +230,18 @@ class PlotConfig:
         for key in ("tsne_points", "embedding_points", "density_grid", "density_samples"):
             value = getattr(self, key)
             _check(value > 0, f"plot.{key}", value, "must be a positive integer")
+
+
+@dataclass
+class CheckpointConfig:
+    """``last.pt`` every ``every`` epochs and at the end (and on SIGTERM/SIGINT); ``best.pt`` whenever the
+    validation ELBO improves, if ``keep_best``."""
+
+    every: int = 1
+    keep_best: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.every > 0, "checkpoint.every", self.every, "must be a positive number of epochs")
 
 
 @dataclass
@@ -218,20 +266,29 @@ class TrainConfig:
     progress: bool = True
     eval: EvalConfig = field(default_factory=EvalConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None
+    resume_root: str = "outputs"
 
     def __post_init__(self) -> None:
-        _check(self.z_dim > 0, "z_dim", self.z_dim, "must be a positive integer")
+        _check(0 < self.z_dim <= MAX_UNITS, "z_dim", self.z_dim, f"must be an integer in [1, {MAX_UNITS}]")
         _check(
-            len(self.hidden_dims) > 0 and all(h > 0 for h in self.hidden_dims),
+            len(self.hidden_dims) > 0 and all(0 < h <= MAX_UNITS for h in self.hidden_dims),
             "hidden_dims",
             list(self.hidden_dims),
-            "give one or more positive layer sizes, e.g. hidden_dims=[400] or hidden_dims=[512,256]",
+            f"give one or more layer sizes in [1, {MAX_UNITS}], e.g. hidden_dims=[400] or [512,256]",
         )
         _choice("activation", self.activation, ACTIVATIONS)
         _check(self.epochs > 0, "epochs", self.epochs, "must be a positive integer")
         _check(self.batch_size > 0, "batch_size", self.batch_size, "must be a positive integer")
         _check(self.lr > 0, "lr", self.lr, "must be > 0")
-        _check(self.n_samples > 0, "n_samples", self.n_samples, "must be a positive integer")
+        _check(
+            0 < self.n_samples <= MAX_DRAWS,
+            "n_samples",
+            self.n_samples,
+            f"must be an integer in [1, {MAX_DRAWS}]",
+        )
+        _seed("seed", self.seed)
         _choice("kl", self.kl, KL_FORMS)
         _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0: no clipping)")
         _check_device(self.device)
@@ -285,10 +342,43 @@ def register_configs() -> None:
     cs.store(group="schema/objective", name="objective", node=ObjectiveConfig)
 
 
+def _unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys of ``node`` (recursively) that its dataclass does not declare: ``+key=value`` adds them past
+    Hydra's struct check, and OmegaConf.to_object would drop them silently."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return []
+    fields = {f.name for f in dataclasses.fields(schema)}
+    found = []
+    for key in node:
+        if key not in fields:
+            found.append(f"{prefix}{key}")
+        else:
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+                found += _unknown_keys(child, f"{prefix}{key}.")
+    return found
+
+
+def _non_finite(obj: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(key, value) of every float field of a validated config that is nan or infinite."""
+    found = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            found += _non_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            found.append((f"{prefix}{f.name}", value))
+    return found
+
+
 def validate(cfg: DictConfig) -> Any:
     """Run every range and cross-field check; raise ConfigError with a one-line message."""
+    unknown = _unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(f"{unknown[0]} is not a config key: check its spelling against README.md's tables.")
     try:
-        return OmegaConf.to_object(cfg)
+        config = OmegaConf.to_object(cfg)
     except ConfigError:
         raise
     except OmegaConfBaseException as e:
@@ -296,6 +386,9 @@ def validate(cfg: DictConfig) -> Any:
         if isinstance(cause, ConfigError):
             raise cause from None
         raise ConfigError(str(e).splitlines()[0]) from None
+    for key, value in _non_finite(config):
+        _check(False, key, value, "must be a finite number")
+    return config
 
 
 def binarize_mode(cfg: TrainConfig) -> str:

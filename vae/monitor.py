@@ -6,6 +6,7 @@ under ``diagnosis/``. The thresholds are module constants so the README and the 
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -163,6 +164,22 @@ class Monitor:
                 self.active[name] = message
             else:
                 self.active.pop(name, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to go on exactly as an uninterrupted one: the sampling generator and
+        the findings' state (so a finding that lasts across the interruption is not raised twice)."""
+        return {
+            "gen": self.gen.get_state(),
+            "active": dict(self.active),
+            "history": copy.deepcopy(self.history),
+            "notes": sorted(self.notes),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+        self.active = dict(state["active"])
+        self.history = copy.deepcopy(state["history"])
+        self.notes = set(state["notes"])
 
     def summary(self) -> dict[str, Any]:
         """``diagnosis/<finding>``: onsets, clearances, last message, remedy, and whether it lasted."""

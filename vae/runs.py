@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from vae.checkpoint import CHECKPOINT, load_run
+from vae.checkpoint import LAST, load_run
 from vae.config import EvalConfig, PlotConfig, binarize_mode
 from vae.data.datasets import load_data
 from vae.errors import VAEError
@@ -18,12 +18,12 @@ log = logging.getLogger(__name__)
 def find_runs(path: str | Path) -> list[Path]:
     """``path`` itself when it holds a checkpoint, else every run below it (a sweep), in order."""
     path = Path(path)
-    if (path / CHECKPOINT).is_file():
+    if (path / LAST).is_file():
         return [path]
-    runs = sorted((p.parent for p in path.rglob(CHECKPOINT)), key=_natural_key)
+    runs = sorted((p.parent for p in path.rglob(LAST)), key=_natural_key)
     if not runs:
         raise VAEError(
-            f"no {CHECKPOINT} in or below {path}: give a run directory (outputs/<date>/<time>) "
+            f"no {LAST} in or below {path}: give a run directory (outputs/<date>/<time>) "
             "or a sweep directory (outputs/multirun/<date>/<time>)."
         )
     return runs

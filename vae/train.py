@@ -8,23 +8,26 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from vae.checkpoint import CHECKPOINT, save_checkpoint
+from vae.checkpoint import BEST, LAST, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from vae.config import TrainConfig, binarize_mode
 from vae.data.batches import iterate_batches, num_batches
 from vae.data.datasets import Splits, load_data
-from vae.errors import ConfigError, TrainingError
+from vae.errors import ConfigError, Interrupted, TrainingError
 from vae.evaluate import elbo_over, evaluate_and_record, flat_metrics
 from vae.files import atomic_write, write_json
+from vae.interrupt import GracefulStop
 from vae.model import VAE, build_model
 from vae.monitor import Monitor
 from vae.objectives import kl_per_dim, kl_weight, objective_loss
 from vae.optim import FusedAdam, fused_adam_supported
+from vae.resume import RESUMABLE_KEYS, config_differences
+from vae.status import write_status
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +104,38 @@ def _grad_norm(params) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
 
+class EpochProgress(NamedTuple):
+    """Where an interrupted epoch stopped: the steps done and the device-side sums so far."""
+
+    step: int
+    sums: torch.Tensor
+
+
 def _train_epoch(
-    model: VAE, opt: FusedAdam | torch.optim.Adam, data: Splits, cfg: TrainConfig, epoch: int, gen, bar
-) -> dict[str, float]:
-    """One pass over the training set. Per-example sums and per-step gradient norms stay on the device
-    (no per-step host sync) and are read once, at the end."""
+    model: VAE,
+    opt: FusedAdam | torch.optim.Adam,
+    data: Splits,
+    cfg: TrainConfig,
+    epoch: int,
+    gen: torch.Generator,
+    bar,
+    progress: EpochProgress | None = None,
+    stop: GracefulStop | None = None,
+) -> dict[str, float] | EpochProgress:
+    """One pass over the training set, from ``progress`` when resuming an interrupted one. Per-example sums
+    and sampled gradient norms stay on the device (no per-step host sync) and are read once, at the end.
+    When ``stop`` is requested before the last step, return the EpochProgress to checkpoint instead."""
     obj = cfg.objective
     n_samples = obj.k if obj.name == "iwae" else cfg.n_samples
     steps = num_batches(len(data.train), cfg.batch_size)
     decoder_params = [*model.decoder.parameters(), *model.likelihood.parameters()]
-    sums = torch.zeros(6, dtype=torch.float64, device=data.train.device)
+    first = progress.step if progress else 0
+    sums = (
+        progress.sums.clone() if progress else torch.zeros(6, dtype=torch.float64, device=data.train.device)
+    )
     beta = obj.beta
-    for step, x in enumerate(iterate_batches(data.train, cfg.batch_size, gen, binarize=data.binarize_train)):
+    batches = iterate_batches(data.train, cfg.batch_size, gen, binarize=data.binarize_train, first=first)
+    for step, x in enumerate(batches, start=first):
         beta = kl_weight(
             epoch - 1 + step / steps,
             obj.beta,
@@ -136,6 +159,8 @@ def _train_epoch(
             per_example = torch.stack([(log_px_mean - kl).sum(), log_px_mean.sum(), kl.sum(), loss * len(x)])
             sums[:4] += per_example
         bar.update(1)
+        if stop is not None and stop.requested and step + 1 < steps:
+            return EpochProgress(step + 1, sums)
     values = sums.tolist()
     n = len(data.train)
     stats = {
@@ -164,22 +189,74 @@ def _diag_summary(m: dict[str, float], cfg: TrainConfig) -> str:
     return "  " + ", ".join(parts) if parts else ""
 
 
-def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Train, evaluate on the test set and write everything into ``out_dir``; return the metrics."""
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary files of writes a SIGKILL cut short (atomic_write removes its own on any other error)."""
+    for tmp in out_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate on the test set and write everything into ``out_dir``; return the metrics.
+
+    With ``resume``, continue from ``out_dir``'s last.pt when it has one (the same config but for
+    RESUMABLE_KEYS): model, optimizer, generators, position and metrics are restored, so the run ends
+    exactly as an uninterrupted one would. SIGTERM or SIGINT stops after the current step with a checkpoint
+    and raises Interrupted.
+    """
     from tqdm.auto import tqdm
 
     from vae.tracking import Tracker
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out_dir)
     device = resolve_device(cfg.device)
     gen = seed_everything(cfg.seed)
     data = load_data(cfg.dataset, binarize_mode(cfg)).to(device)
     model = build_model(cfg, data.x_dim).to(device)
     opt = make_optimizer(model, cfg)
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
+    monitor = Monitor(data.val, cfg.likelihood.name, cfg.seed) if cfg.diagnose else None
+    steps_per_epoch = num_batches(len(data.train), cfg.batch_size)
+
+    done, progress, metrics, train_seconds = 0, None, {}, 0.0
+    best = {"val/elbo": -math.inf, "epoch": 0}
+    last_scalars: dict[str, float] = {}
+    saved = (
+        load_checkpoint(out_dir / LAST, map_location=device)
+        if resume and (out_dir / LAST).is_file()
+        else None
+    )
+    if saved is not None:
+        differences = config_differences(saved["config"], config_dict)
+        if differences:
+            raise ConfigError(
+                f"cannot resume {out_dir}: its checkpoint was trained with another config ("
+                + "; ".join(differences)
+                + "). Only "
+                + ", ".join(RESUMABLE_KEYS[:-2])
+                + " may change on resume; start a new run for the others."
+            )
+        if saved["epoch"] > cfg.epochs:
+            raise ConfigError(
+                f"cannot resume {out_dir} with epochs={cfg.epochs}: it has already trained {saved['epoch']} "
+                "epochs; give epochs >= that."
+            )
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        if monitor and saved["monitor"] is not None:
+            monitor.load_state_dict(saved["monitor"])
+        done, metrics, train_seconds = saved["epoch"], saved["metrics"], saved["train_seconds"]
+        best, last_scalars = saved["best"], saved["last_scalars"]
+        if saved["progress"] is not None:
+            progress = EpochProgress(saved["progress"]["step"], saved["progress"]["sums"].to(device))
+        restore_rng_states(saved["rng"], gen)
+        log.info("resuming %s from epoch %d%s", out_dir, done, f", step {progress.step}" if progress else "")
+    elif monitor:
+        monitor.check_data(data.train, data.binarize_train)
     with atomic_write(out_dir / "config.yaml", "w") as f:  # the resolved config, beside the results
         f.write(OmegaConf.to_yaml(config_dict))
+    write_status(out_dir, "running", epoch=done)
     log.info(
         "%s: %d train / %d val / %d test examples of dim %d on %s; binarize=%s; %d parameters",
         cfg.dataset.name,
@@ -192,63 +269,88 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
         sum(p.numel() for p in model.parameters()),
     )
 
-    tracker = Tracker(out_dir)
-    steps_per_epoch = num_batches(len(data.train), cfg.batch_size)
+    # Resuming from epoch E: TensorBoard hides every event of step >= E the interrupted run wrote (its
+    # epoch E+1... and a cut-short evaluation), and epoch E's scalars are written again, so no step is
+    # missing or doubled.
+    tracker = Tracker(out_dir, purge_step=done if saved is not None and done > 0 else None)
+    if last_scalars:
+        tracker.scalars(last_scalars, done)
     show = cfg.progress and sys.stderr.isatty()
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, disable=not show, unit="step", dynamic_ncols=True)
-    metrics: dict[str, Any] = {}
-    train_seconds = 0.0
-    monitor = Monitor(data.val, cfg.likelihood.name, cfg.seed) if cfg.diagnose else None
-    if monitor:
-        monitor.check_data(data.train, data.binarize_train)
+    initial = done * steps_per_epoch + (progress.step if progress else 0)
+    bar = tqdm(
+        total=cfg.epochs * steps_per_epoch, initial=initial, disable=not show, unit="step", dynamic_ncols=True
+    )
+
+    def checkpoint(epoch: int, position: EpochProgress | None, data_state: torch.Tensor) -> None:
+        tracker.writer.flush()  # the events up to this checkpoint are on disk before it is
+        rng = rng_states(gen) | {"data": data_state}
+        save_checkpoint(
+            out_dir / LAST,
+            model=model.state_dict(),
+            optimizer=opt.state_dict(),
+            epoch=epoch,
+            step=epoch * steps_per_epoch + (position.step if position else 0),
+            progress={"step": position.step, "sums": position.sums.cpu()} if position else None,
+            rng=rng,
+            monitor=monitor.state_dict() if monitor else None,
+            metrics=metrics,
+            last_scalars=last_scalars,
+            best=best,
+            train_seconds=train_seconds,
+            config=config_dict,
+            x_dim=data.x_dim,
+        )
+
     try:
-        for epoch in range(1, cfg.epochs + 1):
-            bar.set_description(f"epoch {epoch}/{cfg.epochs}")
-            start = time.perf_counter()
-            epoch_metrics = _train_epoch(model, opt, data, cfg, epoch, gen, bar)
-            train_seconds += time.perf_counter() - start
-            bad = [k for k in ("train/log_px", "train/kl") if not math.isfinite(epoch_metrics[k])]
-            if bad:
-                raise TrainingError(
-                    f"non-finite loss in epoch {epoch}: "
-                    + " and ".join(f"{k.split('/')[1]} became {epoch_metrics[k]}" for k in bad)
-                    + (
-                        f". The last good checkpoint is {out_dir / CHECKPOINT}"
-                        if (out_dir / CHECKPOINT).is_file()
-                        else ". No epoch finished, so no checkpoint was written"
-                    )
-                    + f". Try a smaller lr (now {cfg.lr})"
-                    + (" or gradient clipping (grad_clip=10)." if cfg.grad_clip == 0 else ".")
+        with GracefulStop() as stop:
+            for epoch in range(done + 1, cfg.epochs + 1):
+                bar.set_description(f"epoch {epoch}/{cfg.epochs}")
+                data_state = gen.get_state()  # the epoch's permutation is drawn from this state
+                start = time.perf_counter()
+                result = _train_epoch(model, opt, data, cfg, epoch, gen, bar, progress, stop)
+                train_seconds += time.perf_counter() - start
+                progress = None
+                if isinstance(result, EpochProgress):
+                    checkpoint(epoch - 1, result, data_state)
+                    raise _interrupted(stop, out_dir, epoch, result.step, steps_per_epoch)
+                epoch_metrics = result
+                _check_finite(epoch_metrics, epoch, out_dir, cfg)
+                val_stats = elbo_over(model, data.val, cfg.eval.batch_size, cfg.n_samples, cfg.kl)
+                epoch_metrics |= {f"val/{k}": v for k, v in val_stats.items()}
+                if monitor:
+                    warming_up = epoch_metrics["train/kl_weight"] < cfg.objective.beta
+                    epoch_metrics |= monitor.epoch(epoch, model, epoch_metrics["train/log_px"], warming_up)
+                tracker.scalars(epoch_metrics, epoch)
+                last_scalars = epoch_metrics
+                metrics |= {k: v for k, v in epoch_metrics.items() if not k.startswith("diag/")}
+                log.info(
+                    "epoch %d/%d  train elbo %.3f (log p(x|z) %.3f, kl %.3f)  val elbo %.3f%s  [%.1fs]",
+                    epoch,
+                    cfg.epochs,
+                    epoch_metrics["train/elbo"],
+                    epoch_metrics["train/log_px"],
+                    epoch_metrics["train/kl"],
+                    val_stats["elbo"],
+                    _diag_summary(epoch_metrics, cfg),
+                    time.perf_counter() - start,
                 )
-            val_stats = elbo_over(model, data.val, cfg.eval.batch_size, cfg.n_samples, cfg.kl)
-            epoch_metrics |= {f"val/{k}": v for k, v in val_stats.items()}
-            if monitor:
-                warming_up = epoch_metrics["train/kl_weight"] < cfg.objective.beta
-                epoch_metrics |= monitor.epoch(epoch, model, epoch_metrics["train/log_px"], warming_up)
-            tracker.scalars(epoch_metrics, epoch)
-            metrics |= {k: v for k, v in epoch_metrics.items() if not k.startswith("diag/")}
-            log.info(
-                "epoch %d/%d  train elbo %.3f (log p(x|z) %.3f, kl %.3f)  val elbo %.3f%s  [%.1fs]",
-                epoch,
-                cfg.epochs,
-                epoch_metrics["train/elbo"],
-                epoch_metrics["train/log_px"],
-                epoch_metrics["train/kl"],
-                val_stats["elbo"],
-                _diag_summary(epoch_metrics, cfg),
-                time.perf_counter() - start,
-            )
-            bar.set_postfix(
-                train_elbo=f"{epoch_metrics['train/elbo']:.2f}", val_elbo=f"{val_stats['elbo']:.2f}"
-            )
-            save_checkpoint(
-                out_dir / CHECKPOINT,
-                model=model.state_dict(),
-                optimizer=opt.state_dict(),
-                epoch=epoch,
-                config=config_dict,
-                x_dim=data.x_dim,
-            )
+                bar.set_postfix(
+                    train_elbo=f"{epoch_metrics['train/elbo']:.2f}", val_elbo=f"{val_stats['elbo']:.2f}"
+                )
+                if cfg.checkpoint.keep_best and val_stats["elbo"] > best["val/elbo"]:
+                    best = {"val/elbo": val_stats["elbo"], "epoch": epoch}
+                    save_checkpoint(
+                        out_dir / BEST,
+                        model=model.state_dict(),
+                        epoch=epoch,
+                        val_elbo=val_stats["elbo"],
+                        config=config_dict,
+                        x_dim=data.x_dim,
+                    )
+                if epoch % cfg.checkpoint.every == 0 or epoch == cfg.epochs or stop.requested:
+                    checkpoint(epoch, None, gen.get_state())
+                if stop.requested and epoch < cfg.epochs:
+                    raise _interrupted(stop, out_dir, epoch + 1, 0, steps_per_epoch)
         bar.close()
 
         if monitor:
@@ -256,27 +358,58 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
         metrics |= {
             "epochs": cfg.epochs,
             "train_seconds": train_seconds,
-            "examples_per_second": cfg.epochs * len(data.train) / train_seconds,
+            "examples_per_second": (cfg.epochs * len(data.train) / train_seconds) if train_seconds else 0.0,
         }
+        if cfg.checkpoint.keep_best:
+            metrics |= {"best/val_elbo": best["val/elbo"], "best/epoch": best["epoch"]}
         write_json(out_dir / "metrics.json", metrics)
         log.info("trained in %.1f s (%.0f examples/s)", train_seconds, metrics["examples_per_second"])
         state = {
-            "checkpoint": str(out_dir / CHECKPOINT),
+            "checkpoint": str(out_dir / LAST),
             "epoch": cfg.epochs,
             "binarize": binarize_mode(cfg),
             "seed": cfg.seed,
         }
         record = evaluate_and_record(model, data.test, cfg.eval, "test", state, out_dir, tracker, cfg.epochs)
         metrics |= flat_metrics(record)
-        tracker.hparams(hparams_of(cfg), {k: metrics[k] for k in HPARAM_METRICS})
+        tracker.hparams(hparams_of(cfg), {k: metrics[k] for k in HPARAM_METRICS}, cfg.epochs)
         if cfg.plot.enabled:
             from vae.plots import kl_history_figure, make_figures
 
             make_figures(model, data, cfg.plot, out_dir / "figures", tracker, cfg.epochs, cfg.seed)
             tracker.writer.flush()
             kl_history_figure(out_dir, tracker, cfg.epochs)
+        write_status(out_dir, "finished", epoch=cfg.epochs)
         log.info("results in %s", out_dir)
     finally:
         bar.close()
         tracker.close()
     return metrics
+
+
+def _check_finite(epoch_metrics: dict[str, float], epoch: int, out_dir: Path, cfg: TrainConfig) -> None:
+    """A non-finite loss ends training with the epoch, the term and the last good checkpoint named."""
+    bad = [k for k in ("train/log_px", "train/kl") if not math.isfinite(epoch_metrics[k])]
+    if bad:
+        raise TrainingError(
+            f"non-finite loss in epoch {epoch}: "
+            + " and ".join(f"{k.split('/')[1]} became {epoch_metrics[k]}" for k in bad)
+            + (
+                f". The last good checkpoint is {out_dir / LAST}"
+                if (out_dir / LAST).is_file()
+                else ". No checkpoint was written before it"
+            )
+            + f". Try a smaller lr (now {cfg.lr})"
+            + (" or gradient clipping (grad_clip=10)." if cfg.grad_clip == 0 else ".")
+        )
+
+
+def _interrupted(stop: GracefulStop, out_dir: Path, epoch: int, step: int, steps: int) -> Interrupted:
+    """The error that ends an interrupted run: where it stopped and the command that resumes it."""
+    where = f"epoch {epoch}, step {step} of {steps}" if step else f"the start of epoch {epoch}"
+    write_status(out_dir, "interrupted", signal=stop.name, epoch=epoch, step=step)
+    return Interrupted(
+        f"{stop.name}: stopped at {where}; checkpoint written to {out_dir / LAST}. "
+        f"Resume with: python scripts/train.py resume={out_dir}",
+        128 + int(stop.signum),
+    )

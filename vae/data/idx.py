@@ -84,6 +84,8 @@ SOURCES: dict[str, DatasetSource] = {
 }
 
 _REPLACE = "delete it (it is downloaded again when download is on) or replace it with a good copy"
+# How to put a download elsewhere when its folder is full, read-only or forbidden (see vae.files.write_error).
+_ELSEWHERE = "set dataset.root to a folder on another disk"
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -95,6 +97,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     try:
         data = path.read_bytes()
+    except IsADirectoryError as e:
+        raise DataError(f"{path}: is a folder, not an IDX file; remove or rename it") from e
     except OSError as e:
         raise DataError(
             f"{path}: cannot read IDX file ({e.strerror or e}); check the path and permissions"
@@ -135,13 +139,40 @@ class _ChecksumError(Exception):
     """A mirror served a file whose md5 is not the expected one."""
 
 
+class _BrokenOff(Exception):
+    """Reading a mirror's response failed midway (connection reset, timeout, body cut short)."""
+
+
+def _read(response: http.client.HTTPResponse) -> bytes:
+    """The next chunk of ``response``; its network errors become _BrokenOff, since inside atomic_write
+    every OSError counts as a failure to write the file (a full disk, never the mirror's fault)."""
+    try:
+        return response.read(_CHUNK)
+    except (OSError, http.client.HTTPException) as e:
+        raise _BrokenOff(_reason(e)) from e
+
+
 def _fetch(url: str, dest: Path, expected_md5: str) -> None:
-    """Stream ``url`` into ``dest`` atomically, so a failed or mismatching download leaves no file."""
-    with atomic_write(dest) as f, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+    """Stream ``url`` into ``dest`` atomically, so a failed or mismatching download leaves no file.
+
+    Raises the network's OSError or HTTPException when the mirror cannot be reached, _BrokenOff when the
+    transfer breaks off, _ChecksumError for a wrong file, and vae.errors.WriteError when ``dest`` cannot
+    be written (a full disk): that one is the user's to fix, not a reason to try another mirror.
+    """
+    # Connect before creating the temporary file: an unreachable mirror leaves nothing to clean up.
+    with (
+        urllib.request.urlopen(url, timeout=TIMEOUT_S) as response,
+        atomic_write(dest, elsewhere=_ELSEWHERE) as f,
+    ):
         digest = hashlib.md5(usedforsecurity=False)
-        while chunk := response.read(_CHUNK):
+        received = 0
+        while chunk := _read(response):
             digest.update(chunk)
             f.write(chunk)
+            received += len(chunk)
+        # http.client ends a body cut short before its Content-Length quietly; what is left says so.
+        if left := getattr(response, "length", None):
+            raise _BrokenOff(f"connection closed after {received} of {received + left} bytes")
         if digest.hexdigest() != expected_md5:
             raise _ChecksumError(f"md5 {digest.hexdigest()}, expected {expected_md5}")
 
@@ -182,10 +213,17 @@ def locate_files(
     dirs = [root, *map(Path, source.search_dirs)]
     found: dict[str, Path] = {}
     for role, file in FILES.items():
-        candidates = (d / n for d in dirs for n in (file, f"{file}.gz"))
+        candidates = [d / n for d in dirs for n in (file, f"{file}.gz")]
         path = next((p for p in candidates if p.is_file()), None)
         if path is not None:
             found[role] = path
+        elif in_the_way := next((p for p in candidates[:2] if p.exists()), None):
+            # A folder (or another non-file) where the file belongs: say so rather than "missing".
+            kind = "folder" if in_the_way.is_dir() else "special file"
+            then = "it is then downloaded" if download else f"then put {file} or {file}.gz into {root}"
+            raise DataError(
+                f"{in_the_way}: is a {kind} where the IDX file belongs; remove or rename it ({then})"
+            )
 
     missing = [role for role in FILES if role not in found]
     if not missing:
@@ -211,6 +249,9 @@ def locate_files(
                 _fetch(f"{mirror.rstrip('/')}/{file}", dest, digests[role])
             except _ChecksumError as e:
                 failures[mirror] = f"{file} has {e}"
+            except _BrokenOff as e:
+                failures[mirror] = f"download of {file} broke off: {e}"
+                unreachable.add(mirror)
             except urllib.error.HTTPError as e:
                 failures[mirror] = f"HTTP {e.code} for {file}"
             except (OSError, http.client.HTTPException) as e:
@@ -246,16 +287,25 @@ def load_images_and_labels(
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         image_path, label_path = paths[f"{split}_images"], paths[f"{split}_labels"]
-        if images.ndim != 3 or images.dtype != np.uint8:
+        if images.ndim == 1 and labels.ndim == 3:
             raise DataError(
-                f"{image_path}: expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}; "
-                f"{_REPLACE}"
+                f"{image_path} holds labels and {label_path} holds images: the two files are swapped; "
+                "swap their names back"
+            )
+        if images.ndim != 3 or images.dtype != np.uint8:
+            looks = " (it looks like a labels file)" if images.ndim == 1 else ""
+            raise DataError(
+                f"{image_path}: expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}"
+                f"{looks}; {_REPLACE}"
             )
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            looks = " (it looks like an images file)" if labels.ndim == 3 else ""
             raise DataError(
-                f"{label_path}: expected integer labels of shape (N,), got {labels.dtype} {labels.shape}; "
-                f"{_REPLACE}"
+                f"{label_path}: expected integer labels of shape (N,), got {labels.dtype} {labels.shape}"
+                f"{looks}; {_REPLACE}"
             )
+        if len(images) == 0 or 0 in images.shape[1:]:
+            raise DataError(f"{image_path}: holds no images (shape {images.shape}); {_REPLACE}")
         if len(images) != len(labels):
             raise DataError(
                 f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels; "
