@@ -12,10 +12,11 @@ from omegaconf import DictConfig
 
 from vae.cli import run_hydra, user_errors
 from vae.config import register_configs, validate
-from vae.launch import pin_job, requeued
+from vae.launch import pin_job, register_resolvers, requeued
 from vae.status import write_status
 
 register_configs()
+register_resolvers()
 log = logging.getLogger("vae")
 
 

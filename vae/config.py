@@ -23,6 +23,7 @@ BINARIZE = ("auto", "none", "static", "dynamic")
 KL_FORMS = ("mc", "analytic")
 VARIANCES = ("learned", "shared", "fixed", "optimal")
 WARMUPS = ("none", "linear", "cyclical")
+AMP_MODES = ("none", "bf16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:(0|[1-9]\d{0,3}))?)$")  # torch.device refuses cuda:01
 MAX_UNITS = 1 << 16  # z_dim and each hidden layer
 MAX_DRAWS = 1 << 16  # n_samples and objective.k: z draws per example in one training step
@@ -262,6 +263,8 @@ class TrainConfig:
     kl: str = "mc"
     grad_clip: float = 0.0
     fused_adam: bool = True
+    amp: str = "none"
+    tf32: bool = False
     diagnose: bool = True
     progress: bool = True
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -291,6 +294,7 @@ class TrainConfig:
         _seed("seed", self.seed)
         _choice("kl", self.kl, KL_FORMS)
         _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0: no clipping)")
+        _choice("amp", self.amp, AMP_MODES)
         _check_device(self.device)
         if self.likelihood.name in ("bernoulli", "continuous_bernoulli") and self.dataset.name == "moons":
             raise ConfigError(

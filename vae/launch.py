@@ -9,11 +9,15 @@ Derived from the Hydra launcher's config alone (no key of our schema), so every 
   GPU ``cuda:<job number % GPUs>`` of the ``gpus_per_node`` it makes visible.
 - submitit_slurm: each job on its own allocation; its CPUs (capped by ``cpus_per_task``), the config's device.
 
-Two torch processes that each start one thread per core on the same cores run many times slower than one
-(on a 2-core machine up to 80x for small models), so concurrent jobs must split the cores. The GPU is spread
-only when the config leaves the choice open (``device=auto`` or ``cuda``) and more than one is visible.
-Also here: the sqlite storage of an Optuna study (``configs/hparams_search/``), and whether a SLURM job is a
-requeued one.
+Torch processes that each start one thread per core on the same cores run many times slower than one
+(measured on a 2-core machine: two joblib jobs with 2 threads each trained 6 to 12x slower than with 1 each,
+and a 4-job moons sweep took 44.6 s against 11.5 s), so concurrent jobs must split the cores. joblib's loky
+workers cap OpenMP/MKL through environment variables, but not where the user has set OMP_NUM_THREADS or
+MKL_NUM_THREADS (common on clusters), and never on submitit: torch.set_num_threads here holds whatever the
+environment. The GPU is spread only when the config leaves the choice open (``device=auto`` or ``cuda``) and
+more than one is visible.
+Also here: the sqlite storage of an Optuna study and the seed that lets a stored study continue
+(``configs/hparams_search/``), and whether a SLURM job is a requeued one.
 """
 
 from __future__ import annotations
@@ -138,7 +142,43 @@ def requeued(launcher: Mapping[str, Any], env: Mapping[str, str] | None = None) 
 
 def sqlite_storage(path: str) -> str:
     """The URL of an Optuna study stored in the sqlite file ``path``, whose folder is created (sqlite does
-    not create it). Named as the storage of configs/hparams_search/*.yaml."""
+    not create it): the ``_target_`` of the storage in configs/hparams_search/*.yaml."""
     db = Path(path).expanduser().resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
+
+
+def _storage_url(storage: Any) -> str | None:
+    """The URL of a study's storage as configured: a URL, or the node of :func:`sqlite_storage` (its
+    ``path``); None when it is an sqlite file that does not exist yet (no study stored)."""
+    if isinstance(storage, Mapping):  # {_target_: vae.launch.sqlite_storage, path: ...}
+        storage = f"sqlite:///{Path(str(storage.get('path'))).expanduser().resolve()}"
+    url = str(storage) if storage else None
+    if url and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None
+    return url
+
+
+def continued_seed(seed: Any, storage: Any, study_name: Any) -> Any:
+    """The sampler's seed for a search that may continue a stored study: ``seed`` plus the number of trials
+    the study already has. With the plain seed a second command would draw the very trials of the first
+    again (the sampler's random start-up draws are the same sequence in every process): with this one the
+    same command is reproducible and continues with new trials. ``seed`` null stays null."""
+    url = _storage_url(storage)
+    if seed is None or url is None or study_name is None:
+        return seed
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=str(study_name), storage=url)
+    except KeyError:  # no study of that name yet
+        return seed
+    return int(seed) + len(study.get_trials(deepcopy=False))
+
+
+def register_resolvers() -> None:
+    """``${optuna_seed:<seed>,<storage>,<study name>}`` (:func:`continued_seed`) for the config files."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("optuna_seed"):
+        OmegaConf.register_new_resolver("optuna_seed", continued_seed)

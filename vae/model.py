@@ -56,7 +56,7 @@ class GaussianEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior mean and log-variance, each (..., Z), for x (..., D)."""
-        mean, raw = self.net(x).chunk(2, dim=-1)
+        mean, raw = self.net(x).float().chunk(2, dim=-1)  # float32 even under bf16 autocast
         return mean, self.bound_log_var(raw)
 
 
@@ -91,8 +91,8 @@ class VAE(nn.Module):
         return mean + eps * torch.exp(0.5 * log_var)
 
     def log_px(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) for x (B, D) and z (L, B, Z): (L, B)."""
-        return self.likelihood.log_prob(x, self.decoder(z))
+        """log p(x|z) for x (B, D) and z (L, B, Z): (L, B), summed in float32 even under bf16 autocast."""
+        return self.likelihood.log_prob(x, self.decoder(z).float())
 
     def forward(self, x: torch.Tensor, n_samples: int = 1) -> tuple[torch.Tensor, ...]:
         """Encode x (B, D), draw L = n_samples reparameterised z and decode: log p(x|z) (L, B),

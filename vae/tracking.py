@@ -13,14 +13,23 @@ from torch.utils.tensorboard.summary import hparams
 class Tracker:
     """Thin wrapper over SummaryWriter writing into the run directory itself."""
 
-    def __init__(self, log_dir: str | os.PathLike, purge_step: int | None = None) -> None:
+    def __init__(
+        self, log_dir: str | os.PathLike, purge_step: int | None = None, enabled: bool = True
+    ) -> None:
         """``purge_step``: TensorBoard hides the events of this step and later that earlier writers of
-        the same run wrote (a resumed run rewrites them)."""
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        the same run wrote (a resumed run rewrites them). ``enabled=False`` (the data-parallel ranks but
+        rank 0) writes nothing: scalars, flush and close do nothing."""
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step) if enabled else None
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
+        if self.writer is None:
+            return
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
 
     def hparams(self, hparam_dict: Mapping[str, Any], metric_dict: Mapping[str, float], step: int) -> None:
         """One HParams row in this run (``add_hparams`` would write a second, duplicate run), at ``step``
@@ -41,4 +50,5 @@ class Tracker:
         self.writer.add_embedding(mat, metadata=labels, label_img=images, global_step=step, tag=tag)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,10 +15,12 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from vae import distributed
 from vae.checkpoint import BEST, LAST, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from vae.config import TrainConfig, binarize_mode
 from vae.data.batches import iterate_batches, num_batches
 from vae.data.datasets import Splits, load_data
+from vae.distributed import SINGLE, Ranks
 from vae.errors import ConfigError, Interrupted, TrainingError
 from vae.evaluate import elbo_over, evaluate_and_record, flat_metrics
 from vae.files import atomic_write, write_json
@@ -121,20 +124,29 @@ def _train_epoch(
     bar,
     progress: EpochProgress | None = None,
     stop: GracefulStop | None = None,
+    net: torch.nn.Module | None = None,
+    ranks: Ranks = SINGLE,
 ) -> dict[str, float] | EpochProgress:
     """One pass over the training set, from ``progress`` when resuming an interrupted one. Per-example sums
     and sampled gradient norms stay on the device (no per-step host sync) and are read once, at the end.
-    When ``stop`` is requested before the last step, return the EpochProgress to checkpoint instead."""
+    When ``stop`` is requested before the last step, return the EpochProgress to checkpoint instead.
+
+    Data-parallel (``ranks.active``): ``net`` is the DistributedDataParallel wrapper of ``model``, each rank
+    takes its share of every batch, and the sums are added over the ranks at the end.
+    """
     obj = cfg.objective
     n_samples = obj.k if obj.name == "iwae" else cfg.n_samples
     steps = num_batches(len(data.train), cfg.batch_size)
     decoder_params = [*model.decoder.parameters(), *model.likelihood.parameters()]
     first = progress.step if progress else 0
-    sums = (
-        progress.sums.clone() if progress else torch.zeros(6, dtype=torch.float64, device=data.train.device)
-    )
+    device = data.train.device
+    sums = progress.sums.clone() if progress else torch.zeros(7, dtype=torch.float64, device=device)
     beta = obj.beta
-    batches = iterate_batches(data.train, cfg.batch_size, gen, binarize=data.binarize_train, first=first)
+    shard = (ranks.rank, ranks.world) if ranks.active else None
+    batches = iterate_batches(
+        data.train, cfg.batch_size, gen, binarize=data.binarize_train, first=first, shard=shard
+    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
     for step, x in enumerate(batches, start=first):
         beta = kl_weight(
             epoch - 1 + step / steps,
@@ -144,13 +156,14 @@ def _train_epoch(
             obj.warmup_start,
             obj.warmup_ratio,
         )
-        log_px, z, mean, log_var = model(x, n_samples)
+        with autocast:
+            log_px, z, mean, log_var = (net or model)(x, n_samples)
         kl_dims = kl_per_dim(z, mean, log_var, cfg.kl)
         loss = objective_loss(obj.name, log_px, z, mean, log_var, kl_dims, beta, obj.free_bits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.diagnose and step % GRAD_NORM_EVERY == 0:
-            sums[4:] += torch.stack([_grad_norm(model.encoder.parameters()), _grad_norm(decoder_params)])
+            sums[4:6] += torch.stack([_grad_norm(model.encoder.parameters()), _grad_norm(decoder_params)])
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
@@ -158,11 +171,15 @@ def _train_epoch(
             log_px_mean, kl = log_px.mean(0), kl_dims.sum(-1)
             per_example = torch.stack([(log_px_mean - kl).sum(), log_px_mean.sum(), kl.sum(), loss * len(x)])
             sums[:4] += per_example
+            sums[6] += len(x)
         bar.update(1)
-        if stop is not None and stop.requested and step + 1 < steps:
+        stopping = stop is not None and stop.requested
+        if step + 1 < steps and (distributed.any_rank(stopping, ranks, device) if ranks.active else stopping):
             return EpochProgress(step + 1, sums)
+    distributed.all_sum(sums[:4], ranks)
+    distributed.all_sum(sums[6:], ranks)
     values = sums.tolist()
-    n = len(data.train)
+    n = values[6]  # examples trained on: the training set, less any last batch too small to share
     stats = {
         "train/elbo": values[0] / n,
         "train/log_px": values[1] / n,
@@ -207,16 +224,27 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
 
     from vae.tracking import Tracker
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir)
-    device = resolve_device(cfg.device)
+    ranks, device = distributed.setup(resolve_device(cfg.device), cfg.batch_size)
+    out_dir = Path(distributed.from_main(str(out_dir), ranks))  # rank 0's run directory on every rank
+    if ranks.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out_dir)
+    else:  # only rank 0 logs, writes and shows progress
+        logging.getLogger().setLevel(logging.WARNING)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     gen = seed_everything(cfg.seed)
     data = load_data(cfg.dataset, binarize_mode(cfg)).to(device)
     model = build_model(cfg, data.x_dim).to(device)
     opt = make_optimizer(model, cfg)
+    net = None
+    if ranks.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        torch.manual_seed(cfg.seed + ranks.rank)  # the same weights everywhere, each rank its own noise
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
-    monitor = Monitor(data.val, cfg.likelihood.name, cfg.seed) if cfg.diagnose else None
+    monitor = Monitor(data.val, cfg.likelihood.name, cfg.seed) if cfg.diagnose and ranks.main else None
     steps_per_epoch = num_batches(len(data.train), cfg.batch_size)
 
     done, progress, metrics, train_seconds = 0, None, {}, 0.0
@@ -250,21 +278,29 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
         best, last_scalars = saved["best"], saved["last_scalars"]
         if saved["progress"] is not None:
             progress = EpochProgress(saved["progress"]["step"], saved["progress"]["sums"].to(device))
-        restore_rng_states(saved["rng"], gen)
+        per_rank = saved.get("rng_ranks") or [saved["rng"]]
+        if len(per_rank) != ranks.world:
+            raise ConfigError(
+                f"cannot resume {out_dir} with {ranks.world} process(es): it was trained with "
+                f"{len(per_rank)}; start it again with that many (torchrun --nproc_per_node={len(per_rank)})."
+            )
+        restore_rng_states(per_rank[ranks.rank], gen)
         log.info("resuming %s from epoch %d%s", out_dir, done, f", step {progress.step}" if progress else "")
     elif monitor:
         monitor.check_data(data.train, data.binarize_train)
-    with atomic_write(out_dir / "config.yaml", "w") as f:  # the resolved config, beside the results
-        f.write(OmegaConf.to_yaml(config_dict))
-    write_status(out_dir, "running", epoch=done)
+    if ranks.main:
+        with atomic_write(out_dir / "config.yaml", "w") as f:  # the resolved config, beside the results
+            f.write(OmegaConf.to_yaml(config_dict))
+        write_status(out_dir, "running", epoch=done)
     log.info(
-        "%s: %d train / %d val / %d test examples of dim %d on %s; binarize=%s; %d parameters",
+        "%s: %d train / %d val / %d test examples of dim %d on %s%s; binarize=%s; %d parameters",
         cfg.dataset.name,
         len(data.train),
         len(data.val),
         len(data.test),
         data.x_dim,
         device,
+        f" x {ranks.world} processes" if ranks.active else "",
         binarize_mode(cfg),
         sum(p.numel() for p in model.parameters()),
     )
@@ -272,18 +308,22 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
     # Resuming from epoch E: TensorBoard hides every event of step >= E the interrupted run wrote (its
     # epoch E+1... and a cut-short evaluation), and epoch E's scalars are written again, so no step is
     # missing or doubled.
-    tracker = Tracker(out_dir, purge_step=done if saved is not None and done > 0 else None)
+    tracker = Tracker(
+        out_dir, purge_step=done if saved is not None and done > 0 else None, enabled=ranks.main
+    )
     if last_scalars:
         tracker.scalars(last_scalars, done)
-    show = cfg.progress and sys.stderr.isatty()
+    show = cfg.progress and sys.stderr.isatty() and ranks.main
     initial = done * steps_per_epoch + (progress.step if progress else 0)
     bar = tqdm(
         total=cfg.epochs * steps_per_epoch, initial=initial, disable=not show, unit="step", dynamic_ncols=True
     )
 
     def checkpoint(epoch: int, position: EpochProgress | None, data_state: torch.Tensor) -> None:
-        tracker.writer.flush()  # the events up to this checkpoint are on disk before it is
-        rng = rng_states(gen) | {"data": data_state}
+        rng = distributed.gather(rng_states(gen) | {"data": data_state}, ranks)  # every rank's noise
+        if not ranks.main:
+            return
+        tracker.flush()  # the events up to this checkpoint are on disk before it is
         save_checkpoint(
             out_dir / LAST,
             model=model.state_dict(),
@@ -291,7 +331,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
             epoch=epoch,
             step=epoch * steps_per_epoch + (position.step if position else 0),
             progress={"step": position.step, "sums": position.sums.cpu()} if position else None,
-            rng=rng,
+            rng=rng[0],
+            rng_ranks=rng if ranks.active else None,
             monitor=monitor.state_dict() if monitor else None,
             metrics=metrics,
             last_scalars=last_scalars,
@@ -307,12 +348,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
                 bar.set_description(f"epoch {epoch}/{cfg.epochs}")
                 data_state = gen.get_state()  # the epoch's permutation is drawn from this state
                 start = time.perf_counter()
-                result = _train_epoch(model, opt, data, cfg, epoch, gen, bar, progress, stop)
+                result = _train_epoch(model, opt, data, cfg, epoch, gen, bar, progress, stop, net, ranks)
                 train_seconds += time.perf_counter() - start
                 progress = None
                 if isinstance(result, EpochProgress):
                     checkpoint(epoch - 1, result, data_state)
-                    raise _interrupted(stop, out_dir, epoch, result.step, steps_per_epoch)
+                    raise _interrupted(stop, out_dir, epoch, result.step, steps_per_epoch, ranks)
                 epoch_metrics = result
                 _check_finite(epoch_metrics, epoch, out_dir, cfg)
                 val_stats = elbo_over(model, data.val, cfg.eval.batch_size, cfg.n_samples, cfg.kl)
@@ -337,7 +378,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
                 bar.set_postfix(
                     train_elbo=f"{epoch_metrics['train/elbo']:.2f}", val_elbo=f"{val_stats['elbo']:.2f}"
                 )
-                if cfg.checkpoint.keep_best and val_stats["elbo"] > best["val/elbo"]:
+                stopping = distributed.any_rank(stop.requested, ranks, device)
+                if cfg.checkpoint.keep_best and val_stats["elbo"] > best["val/elbo"] and ranks.main:
                     best = {"val/elbo": val_stats["elbo"], "epoch": epoch}
                     save_checkpoint(
                         out_dir / BEST,
@@ -347,11 +389,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
                         config=config_dict,
                         x_dim=data.x_dim,
                     )
-                if epoch % cfg.checkpoint.every == 0 or epoch == cfg.epochs or stop.requested:
+                if epoch % cfg.checkpoint.every == 0 or epoch == cfg.epochs or stopping:
                     checkpoint(epoch, None, gen.get_state())
-                if stop.requested and epoch < cfg.epochs:
-                    raise _interrupted(stop, out_dir, epoch + 1, 0, steps_per_epoch)
+                if stopping and epoch < cfg.epochs:
+                    raise _interrupted(stop, out_dir, epoch + 1, 0, steps_per_epoch, ranks)
         bar.close()
+        distributed.teardown(ranks)
+        if not ranks.main:  # the test evaluation, figures and files are rank 0's
+            return metrics
 
         if monitor:
             metrics |= monitor.summary()
@@ -377,7 +422,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
             from vae.plots import kl_history_figure, make_figures
 
             make_figures(model, data, cfg.plot, out_dir / "figures", tracker, cfg.epochs, cfg.seed)
-            tracker.writer.flush()
+            tracker.flush()
             kl_history_figure(out_dir, tracker, cfg.epochs)
         write_status(out_dir, "finished", epoch=cfg.epochs)
         log.info("results in %s", out_dir)
@@ -404,12 +449,16 @@ def _check_finite(epoch_metrics: dict[str, float], epoch: int, out_dir: Path, cf
         )
 
 
-def _interrupted(stop: GracefulStop, out_dir: Path, epoch: int, step: int, steps: int) -> Interrupted:
+def _interrupted(
+    stop: GracefulStop, out_dir: Path, epoch: int, step: int, steps: int, ranks: Ranks
+) -> Interrupted:
     """The error that ends an interrupted run: where it stopped and the command that resumes it."""
     where = f"epoch {epoch}, step {step} of {steps}" if step else f"the start of epoch {epoch}"
-    write_status(out_dir, "interrupted", signal=stop.name, epoch=epoch, step=step)
+    if ranks.main:
+        write_status(out_dir, "interrupted", signal=stop.name, epoch=epoch, step=step)
     return Interrupted(
-        f"{stop.name}: stopped at {where}; checkpoint written to {out_dir / LAST}. "
+        f"{stop.name or 'a signal to another rank'}: stopped at {where}; "
+        f"checkpoint written to {out_dir / LAST}. "
         f"Resume with: python scripts/train.py resume={out_dir}",
-        128 + int(stop.signum),
+        128 + int(stop.signum or signal.SIGTERM),
     )
