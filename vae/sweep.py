@@ -72,10 +72,14 @@ class SweepSummary(Callback):
                     f": {detail}" if detail else "",
                 )
         if counts.get("failed"):
+            searching = "optuna" in str(config.hydra.sweeper.get("_target_", ""))
             log.error(
                 "%d of %d jobs failed (reasons above and in each job's train.log); the others' results "
-                "are kept. Re-run the same command with resume=auto to redo only what did not finish.",
+                "are kept. %s",
                 counts["failed"],
                 len(jobs),
+                "The study records them as failed; the same command continues the search."
+                if searching
+                else "Re-run the same command with resume=auto to redo only what did not finish.",
             )
             sys.exit(1)

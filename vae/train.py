@@ -140,7 +140,7 @@ def _train_epoch(
     decoder_params = [*model.decoder.parameters(), *model.likelihood.parameters()]
     first = progress.step if progress else 0
     device = data.train.device
-    sums = progress.sums.clone() if progress else torch.zeros(7, dtype=torch.float64, device=device)
+    sums = progress.sums.clone() if progress else torch.zeros(6, dtype=torch.float64, device=device)
     beta = obj.beta
     shard = (ranks.rank, ranks.world) if ranks.active else None
     batches = iterate_batches(
@@ -163,7 +163,7 @@ def _train_epoch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.diagnose and step % GRAD_NORM_EVERY == 0:
-            sums[4:6] += torch.stack([_grad_norm(model.encoder.parameters()), _grad_norm(decoder_params)])
+            sums[4:] += torch.stack([_grad_norm(model.encoder.parameters()), _grad_norm(decoder_params)])
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
@@ -171,15 +171,14 @@ def _train_epoch(
             log_px_mean, kl = log_px.mean(0), kl_dims.sum(-1)
             per_example = torch.stack([(log_px_mean - kl).sum(), log_px_mean.sum(), kl.sum(), loss * len(x)])
             sums[:4] += per_example
-            sums[6] += len(x)
         bar.update(1)
         stopping = stop is not None and stop.requested
         if step + 1 < steps and (distributed.any_rank(stopping, ranks, device) if ranks.active else stopping):
             return EpochProgress(step + 1, sums)
     distributed.all_sum(sums[:4], ranks)
-    distributed.all_sum(sums[6:], ranks)
     values = sums.tolist()
-    n = values[6]  # examples trained on: the training set, less any last batch too small to share
+    last = len(data.train) - (steps - 1) * cfg.batch_size  # iterate_batches skips it if too small to share
+    n = len(data.train) - (last if ranks.active and last < ranks.world else 0)
     stats = {
         "train/elbo": values[0] / n,
         "train/log_px": values[1] / n,
